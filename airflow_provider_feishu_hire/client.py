@@ -1,0 +1,362 @@
+"""The Feishu Open API client core: one keep-alive session, the tenant token, the envelope, retries, pacing.
+
+Nothing here knows Airflow. The hook builds a :class:`FeishuClient` from a connection;
+benchmarks and scripts can build one directly. Every call goes through
+:meth:`FeishuClient._call`, so there is exactly one retry policy and one place where
+Feishu's answer is judged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import requests
+
+from airflow_provider_feishu_hire.exceptions import PERMANENT_CODES, TRANSIENT_CODES, FeishuAPIError
+from airflow_provider_feishu_hire.withdrawal import (
+    check_external_order_id,
+    check_referral_account_id,
+    check_withdraw_bonus_type,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://open.feishu.cn"
+TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
+WITHDRAW_PATH = "/open-apis/hire/v1/referral_account/{}/withdraw"
+ACCOUNT_ASSETS_PATH = "/open-apis/hire/v1/referral_account/get_account_assets"
+
+# Refresh this long before Feishu says the token expires, so a call never starts with a
+# token that dies in flight (node-sdk once cached tokens to their last second).
+TOKEN_REFRESH_MARGIN = 300.0
+
+
+def check_base_url(url: str | None) -> str:
+    """The API base URL without a trailing slash; https unless it points at this machine (the sandbox)."""
+    text = (url or "").strip().rstrip("/") or DEFAULT_BASE_URL
+    parts = urlsplit(text if "://" in text else f"https://{text}")
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"host {url!r} is not an API base URL such as {DEFAULT_BASE_URL}")
+    if parts.path or parts.query or parts.fragment:
+        raise ValueError(f"host {url!r} must be scheme, host and port only, such as {DEFAULT_BASE_URL}")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValueError(
+            f"host {url!r} uses plain http to a remote host: the App Secret and token would cross the "
+            "network in clear; use https (plain http is allowed only for loopback, i.e. the sandbox)"
+        )
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _is_loopback(hostname: str) -> bool:
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long one call may keep trying: ``max_attempts`` sends within ``budget`` seconds in all.
+
+    Backoff doubles from ``backoff_base`` up to ``backoff_max`` with jitter, so many
+    workers hit by the same outage do not come back in lockstep.
+    """
+
+    max_attempts: int = 5
+    backoff_base: float = 0.5
+    backoff_max: float = 8.0
+    budget: float = 45.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        for name in ("backoff_base", "backoff_max", "budget"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+
+    def backoff(self, attempt: int) -> float:
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+class RateLimiter:
+    """Spaces calls at least ``period / limit`` seconds apart, across every thread that shares it.
+
+    Pacing evenly (rather than bursting a window's worth, then waiting) keeps us under
+    Feishu's limit whether its gateway counts in fixed or sliding windows. ``margin``
+    leaves room for the jitter between our clock and the moment a call reaches Feishu.
+    """
+
+    def __init__(self, limit: float, period: float, margin: float = 0.01) -> None:
+        if limit <= 0 or period <= 0:
+            raise ValueError("a rate limit needs a positive number of calls per positive period")
+        self.interval = period / limit * (1 + margin)
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            time.sleep(slot - now)
+
+
+def parse_envelope(response: requests.Response) -> dict[str, Any]:
+    """Return Feishu's JSON body when ``code`` is 0; raise :class:`FeishuAPIError` for anything else.
+
+    The body is read on every HTTP status, since Feishu has answered token errors with
+    both 200 and 400. Numbers with a fraction parse as Decimal: cash is money.
+    """
+    status = response.status_code
+    headers = response.headers  # case-insensitive
+    log_id = headers.get("X-Tt-Logid") or headers.get("X-Request-Id")
+    try:
+        body = response.json(parse_float=Decimal)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("code"), int):
+        # A gateway's HTML error page, or not Feishu at all. The body is not quoted: a
+        # proxy that echoes requests would echo the App Secret.
+        kind = headers.get("Content-Type", "no content type")
+        raise FeishuAPIError(
+            f"HTTP {status} answer is not a Feishu JSON envelope ({kind}, {len(response.content)} bytes)",
+            http_status=status,
+            log_id=log_id,
+            retryable=status >= 500 or status == 429,
+        )
+    code = body["code"]
+    if code == 0 and status < 400:
+        return body
+    error = body.get("error")
+    if not log_id and isinstance(error, dict):
+        log_id = error.get("log_id")
+    rate_limited = code == 99991400 or status == 429
+    raise FeishuAPIError(
+        str(body.get("msg") or "no message"),
+        code=code,
+        http_status=status,
+        log_id=log_id,
+        retryable=code in TRANSIENT_CODES or status == 429 or (status >= 500 and code not in PERMANENT_CODES),
+        retry_after=_reset_seconds(headers) if rate_limited else None,
+    )
+
+
+def _reset_seconds(headers: Mapping[str, str]) -> float | None:
+    try:
+        return max(0.0, float(headers["x-ogw-ratelimit-reset"]))
+    except (KeyError, ValueError):
+        return None
+
+
+class FeishuClient:
+    """One app's access to one Feishu tenant. Safe to share between threads.
+
+    ``on_new_token`` sees every tenant_access_token the moment it is fetched: the hook
+    registers it with Airflow's secret masker there, before anything could log it.
+    """
+
+    def __init__(
+        self,
+        app_id: str,
+        app_secret: str,
+        base_url: str | None = DEFAULT_BASE_URL,
+        *,
+        timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        withdraw_limiter: RateLimiter | None = None,
+        assets_limiter: RateLimiter | None = None,
+        on_new_token: Callable[[str], None] | None = None,
+        pool_size: int = 10,
+    ) -> None:
+        if not app_id or not str(app_id).strip():
+            raise ValueError("login (App ID) is empty")
+        if not app_secret:
+            raise ValueError("password (App Secret) is empty")
+        if not timeout or timeout <= 0:
+            raise ValueError("timeout must be a positive number of seconds")
+        self.app_id = app_id
+        self._app_secret = app_secret
+        self.base_url = check_base_url(base_url)
+        self.timeout = float(timeout)
+        self.retry = retry or RetryPolicy()
+        self.withdraw_limiter = withdraw_limiter
+        self.assets_limiter = assets_limiter
+        self._on_new_token = on_new_token
+        self._session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=pool_size)
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
+        self._token: str | None = None
+        self._token_refresh_at = 0.0
+        self._token_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"FeishuClient(app_id={self.app_id!r}, base_url={self.base_url!r})"
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> FeishuClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- tenant_access_token ------------------------------------------------------------
+
+    def get_tenant_access_token(self) -> str:
+        """A valid tenant_access_token, fetched once and shared until shortly before it expires."""
+        with self._token_lock:
+            if self._token is None or time.monotonic() >= self._token_refresh_at:
+                self._fetch_token()
+            assert self._token is not None
+            return self._token
+
+    def _fetch_token(self) -> None:
+        body = self._call(
+            "POST",
+            TOKEN_PATH,
+            context=f"fetching a tenant_access_token for app {self.app_id}",
+            json={"app_id": self.app_id, "app_secret": self._app_secret},
+            authorized=False,
+        )
+        token = body.get("tenant_access_token")
+        if not isinstance(token, str) or not token:
+            raise FeishuAPIError("token answer carries no tenant_access_token", context="fetching a token")
+        if self._on_new_token:
+            self._on_new_token(token)
+        expire = float(body.get("expire") or 0)
+        self._token = token
+        self._token_refresh_at = time.monotonic() + max(0.0, expire - min(TOKEN_REFRESH_MARGIN, expire / 2))
+
+    def _drop_token(self, token: str) -> None:
+        """Forget a token Feishu rejected, unless another thread already replaced it."""
+        with self._token_lock:
+            if self._token == token:
+                self._token = None
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    def withdraw_referral_account(
+        self, referral_account_id: object, withdraw_bonus_type: object, external_order_id: object
+    ) -> dict[str, Any]:
+        """Withdraw the whole balance of the chosen bonus types; return the answer's ``data``.
+
+        Every attempt sends the same ``external_order_id``: if Feishu committed a
+        withdrawal whose answer we lost, the retry gets the original details back and
+        no money moves twice.
+        """
+        account_id = check_referral_account_id(referral_account_id)
+        body = {
+            "withdraw_bonus_type": check_withdraw_bonus_type(withdraw_bonus_type),
+            "external_order_id": check_external_order_id(external_order_id),
+        }
+        answer = self._call(
+            "POST",
+            WITHDRAW_PATH.format(quote(account_id, safe="")),
+            context=f"withdrawing referral account {account_id} (external_order_id {body['external_order_id']})",
+            json=body,
+            limiter=self.withdraw_limiter,
+        )
+        return dict(answer.get("data") or {})
+
+    def get_account_assets(self, referral_account_id: object) -> dict[str, Any]:
+        """Balance and status of one referral account: the answer's ``data``."""
+        account_id = check_referral_account_id(referral_account_id)
+        answer = self._call(
+            "GET",
+            ACCOUNT_ASSETS_PATH,
+            context=f"reading the balance of referral account {account_id}",
+            params={"referral_account_id": account_id},
+            limiter=self.assets_limiter,
+        )
+        return dict(answer.get("data") or {})
+
+    # -- the one way a request is sent ------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        context: str,
+        json: Mapping[str, Any] | None = None,
+        params: Mapping[str, str] | None = None,
+        authorized: bool = True,
+        limiter: RateLimiter | None = None,
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + self.retry.budget
+        attempt = 0
+        token_replayed = False
+        while True:
+            attempt += 1
+            headers = {}
+            token = None
+            if authorized:
+                # Fetching the token has its own retries; its errors end this call as they are.
+                token = self.get_tenant_access_token()
+                headers["Authorization"] = f"Bearer {token}"
+            if limiter is not None:
+                limiter.acquire()
+            try:
+                return self._send(method, path, json=json, params=params, headers=headers)
+            except FeishuAPIError as err:
+                if token is not None and err.is_token_error and not token_replayed:
+                    log.warning("Feishu rejected the tenant_access_token (%s); fetching a new one", err.code)
+                    self._drop_token(token)
+                    token_replayed = True
+                    attempt -= 1
+                    continue
+                delay = self._retry_delay(err, attempt, deadline)
+                if delay is None:
+                    raise err.with_context(context) from None
+                log.warning(
+                    "%s; attempt %d of %d failed, retrying in %.1fs",
+                    err.with_context(context),
+                    attempt,
+                    self.retry.max_attempts,
+                    delay,
+                )
+                time.sleep(delay)
+
+    def _retry_delay(self, err: FeishuAPIError, attempt: int, deadline: float) -> float | None:
+        if not err.retryable or attempt >= self.retry.max_attempts:
+            return None
+        delay = err.retry_after if err.retry_after is not None else self.retry.backoff(attempt)
+        if time.monotonic() + delay > deadline:
+            return None
+        return delay
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Mapping[str, Any] | None,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str],
+    ) -> dict[str, Any]:
+        try:
+            response = self._session.request(
+                method, self.base_url + path, json=json, params=params, headers=headers, timeout=self.timeout
+            )
+        except requests.Timeout as exc:
+            raise FeishuAPIError(f"no answer within {self.timeout:g}s ({exc})", retryable=True) from None
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            # Includes "Feishu committed, then the connection dropped": safe to resend,
+            # because a withdrawal's retry carries the same external_order_id.
+            raise FeishuAPIError(f"could not reach {self.base_url} ({exc})", retryable=True) from None
+        return parse_envelope(response)

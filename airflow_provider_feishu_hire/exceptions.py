@@ -1,0 +1,89 @@
+"""Errors raised by the Feishu client. No Airflow here: the client core must import without it."""
+
+from __future__ import annotations
+
+# Codes after which asking again cannot succeed: the request, the account, the app's
+# scopes, its allowlist or its quota must change first. Retrying them only burns quota.
+PERMANENT_CODES = frozenset(
+    {
+        1002002,  # parameter error
+        1002553,  # referral account does not exist
+        1002555,  # referral account deactivated
+        99991661,  # no or malformed Authorization header
+        99991671,  # token with the wrong prefix
+        99991672,  # app lacks a scope (hire:referral_account)
+        99991401,  # caller IP not on the allowlist
+        99991403,  # monthly quota used up
+        10003,  # token endpoint: invalid app_id
+        10014,  # token endpoint: invalid app_secret
+    }
+)
+# Feishu said "try later": a system error or its rate limiter.
+TRANSIENT_CODES = frozenset({1002001, 99991400})
+# The tenant_access_token was revoked or expired: fetch a new one and replay once.
+TOKEN_CODES = frozenset({99991663, 99991664, 99991665})
+RATE_LIMIT_CODE = 99991400
+SCOPE_CODE = 99991672
+
+
+class FeishuAPIError(Exception):
+    """A Feishu call that did not succeed.
+
+    ``code`` and ``msg`` come from Feishu's envelope (``None`` when no envelope arrived:
+    a dropped connection, a timeout, an HTML page from a gateway). ``log_id`` is the
+    ``X-Tt-Logid`` to quote to Feishu support. ``retryable`` says whether the same call
+    may succeed later; the client decides it once, so callers never re-derive it.
+    The message never carries the App Secret or a token: only what Feishu sent back
+    and the resource we were working on.
+    """
+
+    def __init__(
+        self,
+        msg: str,
+        *,
+        code: int | None = None,
+        log_id: str | None = None,
+        http_status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        context: str | None = None,
+    ) -> None:
+        self.code = code
+        self.msg = msg
+        self.log_id = log_id
+        self.http_status = http_status
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.context = context
+        super().__init__(self._describe())
+
+    @property
+    def is_token_error(self) -> bool:
+        return self.code in TOKEN_CODES
+
+    @property
+    def is_rate_limited(self) -> bool:
+        return self.code == RATE_LIMIT_CODE or self.http_status == 429
+
+    def _describe(self) -> str:
+        head = f"Feishu error {self.code}: {self.msg}" if self.code is not None else f"Feishu call failed: {self.msg}"
+        facts = []
+        if self.http_status is not None:
+            facts.append(f"HTTP {self.http_status}")
+        if self.log_id:
+            facts.append(f"log_id {self.log_id}")
+        facts.append("retryable" if self.retryable else "permanent")
+        text = f"{head} ({', '.join(facts)})"
+        return f"{text} while {self.context}" if self.context else text
+
+    def with_context(self, context: str) -> FeishuAPIError:
+        """Name what we were doing (e.g. the account id) without losing Feishu's facts."""
+        return FeishuAPIError(
+            self.msg,
+            code=self.code,
+            log_id=self.log_id,
+            http_status=self.http_status,
+            retryable=self.retryable,
+            retry_after=self.retry_after,
+            context=context,
+        )

@@ -1,0 +1,68 @@
+"""Provider metadata read by Airflow's ProvidersManager, including the connection form as data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_feishu_hire import __version__
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "airflow-provider-feishu-hire",
+        "name": "Feishu Hire",
+        "description": "Feishu Hire (飞书招聘) referral accounts: withdraw balances exactly once, export to payroll.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "Feishu Hire",
+                "external-doc-url": "https://open.feishu.cn/document/server-docs/hire-v1/referral_account/withdraw",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [
+            {
+                "integration-name": "Feishu Hire",
+                "python-modules": ["airflow_provider_feishu_hire.hooks.feishu_hire"],
+            }
+        ],
+        "operators": [
+            {
+                "integration-name": "Feishu Hire",
+                "python-modules": ["airflow_provider_feishu_hire.operators.referral_account"],
+            }
+        ],
+        "connection-types": [
+            {
+                "connection-type": "feishu_hire",
+                "hook-class-name": "airflow_provider_feishu_hire.hooks.feishu_hire.FeishuHireHook",
+                "hook-name": "Feishu Hire",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "extra"],
+                    "relabeling": {"login": "App ID", "password": "App Secret", "host": "API base URL"},
+                    "placeholders": {
+                        "login": "cli_a1b2c3d4e5f6g7h8",
+                        "password": "App Secret of the self-built app",
+                        "host": "https://open.feishu.cn (Feishu, default) or https://open.larksuite.com (Lark)",
+                    },
+                },
+                "conn-fields": {
+                    "timeout": {
+                        "label": "Request timeout (seconds)",
+                        "description": "How long one HTTP request may wait for Feishu before it is retried.",
+                        "schema": {"type": ["number", "null"], "default": 10, "minimum": 1},
+                    },
+                    "max_attempts": {
+                        "label": "Attempts per call",
+                        "description": "Sends of one call on transient errors (5xx, 429, timeouts), same order id each time.",
+                        "schema": {"type": ["integer", "null"], "default": 5, "minimum": 1},
+                    },
+                    "retry_budget": {
+                        "label": "Retry budget (seconds)",
+                        "description": "Total time one call may spend retrying, waits included.",
+                        "schema": {"type": ["number", "null"], "default": 45, "minimum": 0},
+                    },
+                },
+            }
+        ],
+    }

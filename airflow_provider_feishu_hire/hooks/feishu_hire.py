@@ -1,0 +1,96 @@
+"""The Airflow side of the client: an Airflow connection in, a configured FeishuClient out."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+from urllib.parse import urlsplit
+
+from airflow.sdk import BaseHook
+from airflow.sdk.log import mask_secret
+
+from airflow_provider_feishu_hire.client import DEFAULT_BASE_URL, FeishuClient, RetryPolicy
+from airflow_provider_feishu_hire.exceptions import SCOPE_CODE, FeishuAPIError
+
+
+class FeishuHireHook(BaseHook):
+    """Feishu Hire through the ``feishu_hire`` connection.
+
+    Connection: login = App ID, password = App Secret, host = API base URL (empty means
+    ``https://open.feishu.cn``; ``https://open.larksuite.com`` for Lark, or
+    ``http://127.0.0.1:PORT`` for the bundled sandbox). The extra holds ``timeout``,
+    ``max_attempts`` and ``retry_budget``. One hook owns one client, so all calls of a
+    task share one keep-alive session and one token.
+    """
+
+    conn_name_attr = "feishu_hire_conn_id"
+    default_conn_name = "feishu_hire_default"
+    conn_type = "feishu_hire"
+    hook_name = "Feishu Hire"
+
+    def __init__(self, feishu_hire_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.feishu_hire_conn_id = feishu_hire_conn_id
+
+    @cached_property
+    def client(self) -> FeishuClient:
+        conn = self.get_connection(self.feishu_hire_conn_id)
+        extra = conn.extra_dejson
+        defaults = RetryPolicy()
+        return FeishuClient(
+            conn.login or "",
+            conn.password or "",
+            _base_url(conn.host, conn.port),
+            timeout=float(extra.get("timeout") or 10),
+            retry=RetryPolicy(
+                max_attempts=int(extra.get("max_attempts") or defaults.max_attempts),
+                budget=float(extra.get("retry_budget", defaults.budget)),
+            ),
+            # Registered before the token is used anywhere, so no log line can show it.
+            on_new_token=mask_secret,
+        )
+
+    def get_conn(self) -> FeishuClient:
+        return self.client
+
+    def get_tenant_access_token(self) -> str:
+        return self.client.get_tenant_access_token()
+
+    def withdraw_referral_account(
+        self, referral_account_id: object, withdraw_bonus_type: object, external_order_id: object
+    ) -> dict[str, Any]:
+        """Withdraw the whole balance of the chosen bonus types; return the API's ``data``."""
+        return self.client.withdraw_referral_account(referral_account_id, withdraw_bonus_type, external_order_id)
+
+    def get_account_assets(self, referral_account_id: object) -> dict[str, Any]:
+        return self.client.get_account_assets(referral_account_id)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Fetch a token and nothing else: no money moves, no account is touched."""
+        try:
+            client = self.client
+            client.get_tenant_access_token()
+        except ValueError as exc:
+            return False, str(exc)
+        except FeishuAPIError as exc:
+            return False, _explain(exc)
+        return True, f"Fetched a tenant_access_token for app {client.app_id} from {client.base_url}"
+
+
+def _base_url(host: str | None, port: int | None) -> str:
+    url = (host or "").strip() or DEFAULT_BASE_URL
+    if "://" not in url:
+        url = f"https://{url}"
+    if port and urlsplit(url).port is None:
+        url = f"{url.rstrip('/')}:{port}"
+    return url
+
+
+def _explain(exc: FeishuAPIError) -> str:
+    if exc.code is None:
+        return f"Could not talk to Feishu: {exc}. Check the API base URL and that this machine can reach it."
+    if exc.code == SCOPE_CODE:
+        return f"The app lacks the hire:referral_account scope: {exc}"
+    if not exc.retryable:
+        return f"Feishu rejected the App ID or App Secret: {exc}"
+    return str(exc)

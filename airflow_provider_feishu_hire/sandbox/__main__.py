@@ -1,0 +1,70 @@
+"""``python -m airflow_provider_feishu_hire.sandbox [--port 8765] [--accounts accounts.json]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from airflow_provider_feishu_hire.sandbox.server import (
+    DEFAULT_APP_ID,
+    DEFAULT_APP_SECRET,
+    Account,
+    FeishuSandbox,
+    demo_accounts,
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m airflow_provider_feishu_hire.sandbox",
+        description="A local Feishu Hire for tests and demos. Faults: POST /_sandbox/faults; "
+        "state: GET /_sandbox/state.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="a loopback address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765, help="0 picks a free port (default 8765)")
+    parser.add_argument(
+        "--accounts",
+        type=Path,
+        help='JSON file {"accounts": [{"account_id", "point_bonus", "cash_bonus": '
+        '[{"currency_type", "amount"}], "status"}]}; default: the built-in demo accounts',
+    )
+    parser.add_argument("--app-id", default=DEFAULT_APP_ID)
+    parser.add_argument("--app-secret", default=DEFAULT_APP_SECRET)
+    parser.add_argument("--no-rate-limits", action="store_true", help="lift Feishu's published rate limits")
+    parser.add_argument("--withdraw-per-minute", type=int, default=100)
+    parser.add_argument("--assets-per-second", type=int, default=10)
+    args = parser.parse_args(argv)
+
+    accounts = (
+        [Account.from_json(item) for item in json.loads(args.accounts.read_text())["accounts"]]
+        if args.accounts
+        else demo_accounts()
+    )
+    try:
+        sandbox = FeishuSandbox(
+            accounts,
+            host=args.host,
+            port=args.port,
+            app_id=args.app_id,
+            app_secret=args.app_secret,
+            rate_limits=not args.no_rate_limits,
+            withdraw_per_minute=args.withdraw_per_minute,
+            assets_per_second=args.assets_per_second,
+        )
+    except (ValueError, OSError) as exc:
+        sys.exit(f"feishu sandbox: {exc}")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"Feishu sandbox on {sandbox.url} (app_id {args.app_id}, {len(accounts)} accounts)", flush=True)
+    try:
+        sandbox.serve_forever()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        sandbox.close()
+
+
+if __name__ == "__main__":
+    main()

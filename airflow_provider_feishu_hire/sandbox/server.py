@@ -1,0 +1,427 @@
+"""A local Feishu for tests and demos: tokens, referral accounts, real balances, idempotency, faults.
+
+It follows the public API reference (envelopes, codes with their HTTP statuses,
+``X-Tt-Logid``, rate-limit headers) and deliberately shares no code with the client, so
+that the client's tests are tests against the API's shape, not against itself.
+It binds to loopback only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import re
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+DEFAULT_APP_ID = "cli_sandbox_app"
+DEFAULT_APP_SECRET = "sandbox-app-secret-not-for-production"
+TOKEN_LIFETIME = 7200
+TOKEN_REUSE_WINDOW = 1800  # Feishu hands back the same token while more than 30 minutes are left
+REFERRAL_SCOPE = "hire:referral_account"
+FAULT_KINDS = ("http_500", "rate_limit", "html_502", "drop_after_commit", "slow", "revoke_token")
+ENDPOINTS = ("token", "withdraw", "assets", "any")
+
+_WITHDRAW = re.compile(r"^/open-apis/hire/v1/referral_account/([^/]+)/withdraw$")
+_ASSETS = "/open-apis/hire/v1/referral_account/get_account_assets"
+_TOKEN = "/open-apis/auth/v3/tenant_access_token/internal"
+_CENT = Decimal("0.01")
+_DECIMAL_MARK = re.compile(r'"\\u0000(-?[0-9.]+)\\u0000"')
+
+
+@dataclass
+class Account:
+    account_id: str
+    point_bonus: int = 0
+    cash_bonus: dict[str, Decimal] = field(default_factory=dict)
+    enabled: bool = True
+
+    @classmethod
+    def from_json(cls, item: Mapping[str, Any]) -> Account:
+        """``{"account_id", "point_bonus", "cash_bonus": [{"currency_type", "amount"}], "status"}``."""
+        return cls(
+            account_id=str(item["account_id"]),
+            point_bonus=int(item.get("point_bonus", 0)),
+            cash_bonus={
+                str(c["currency_type"]): Decimal(str(c["amount"])).quantize(_CENT)
+                for c in item.get("cash_bonus", [])
+            },
+            enabled=item.get("status", "enabled") in ("enabled", 1),
+        )
+
+    def assets(self) -> dict[str, Any]:
+        return {
+            "point_bonus": self.point_bonus,
+            "cash_bonus": [{"currency_type": k, "amount": v} for k, v in sorted(self.cash_bonus.items())],
+        }
+
+
+@dataclass
+class Fault:
+    """The next ``times`` requests to ``endpoint`` go wrong in the way ``kind`` names.
+
+    ``seconds`` is the delay of ``slow`` and the reset of ``rate_limit``; ``status`` overrides
+    the HTTP status of ``revoke_token`` (Feishu has answered token errors with 200 and 400).
+    """
+
+    kind: str
+    endpoint: str = "withdraw"
+    times: int = 1
+    seconds: float = 1.0
+    status: int = 400
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"fault kind {self.kind!r} is not one of {FAULT_KINDS}")
+        if self.endpoint not in ENDPOINTS:
+            raise ValueError(f"fault endpoint {self.endpoint!r} is not one of {ENDPOINTS}")
+
+
+def demo_accounts() -> list[Account]:
+    text = resources.files(__package__).joinpath("demo_accounts.json").read_text()
+    return [Account.from_json(item) for item in json.loads(text)["accounts"]]
+
+
+class _Window:
+    """At most ``limit`` accepted calls in any ``period`` seconds (a sliding log, the strictest reading)."""
+
+    def __init__(self, limit: int, period: float) -> None:
+        self.limit, self.period = limit, period
+        self.calls: deque[float] = deque()
+
+    def admit(self, now: float) -> float | None:
+        """None if the call may go ahead; else the seconds until it could."""
+        while self.calls and self.calls[0] <= now - self.period:
+            self.calls.popleft()
+        if len(self.calls) >= self.limit:
+            return self.calls[0] + self.period - now
+        self.calls.append(now)
+        return None
+
+
+class FeishuSandbox:
+    """Start with ``with FeishuSandbox() as sandbox:`` and point a connection at ``sandbox.url``."""
+
+    def __init__(
+        self,
+        accounts: Iterable[Account] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        app_id: str = DEFAULT_APP_ID,
+        app_secret: str = DEFAULT_APP_SECRET,
+        scopes: Iterable[str] = (REFERRAL_SCOPE,),
+        rate_limits: bool = True,
+        withdraw_per_minute: int = 100,
+        assets_per_second: int = 10,
+    ) -> None:
+        if not _is_loopback(host):
+            raise ValueError(f"the sandbox binds to loopback only, not {host!r}")
+        self.app_id, self.app_secret = app_id, app_secret
+        self.scopes = set(scopes)
+        self.accounts = {a.account_id: a for a in (demo_accounts() if accounts is None else accounts)}
+        self.orders: dict[str, dict[str, Any]] = {}
+        self.ledger: list[dict[str, Any]] = []
+        self.requests: dict[str, int] = {"token": 0, "withdraw": 0, "assets": 0, "rate_limited": 0}
+        self.faults: list[Fault] = []
+        self._tokens: dict[str, float] = {}
+        self._limits = (
+            {"withdraw": _Window(withdraw_per_minute, 60.0), "assets": _Window(assets_per_second, 1.0)}
+            if rate_limits
+            else {}
+        )
+        self.lock = threading.RLock()
+        self._server = ThreadingHTTPServer((host, port), _Handler)
+        self._server.daemon_threads = True
+        self._server.sandbox = self  # type: ignore[attr-defined]
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> FeishuSandbox:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="feishu-sandbox", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever()
+
+    def stop(self) -> None:
+        """Stop a sandbox started with :meth:`start`."""
+        self._server.shutdown()
+        self.close()
+
+    def close(self) -> None:
+        self._server.server_close()
+
+    def __enter__(self) -> FeishuSandbox:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- controls that only the sandbox has ------------------------------------------------
+
+    def inject(self, kind: str, *, endpoint: str = "withdraw", times: int = 1, **options: Any) -> None:
+        with self.lock:
+            self.faults.append(Fault(kind, endpoint, times, **options))
+
+    def revoke_tokens(self) -> None:
+        with self.lock:
+            self._tokens.clear()
+
+    def state(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "accounts": {
+                    a.account_id: {**a.assets(), "status": 1 if a.enabled else 2} for a in self.accounts.values()
+                },
+                "ledger": list(self.ledger),
+                "requests": dict(self.requests),
+            }
+
+    # -- the API ---------------------------------------------------------------------------
+
+    def take_fault(self, endpoint: str) -> Fault | None:
+        with self.lock:
+            for fault in self.faults:
+                if fault.endpoint in (endpoint, "any"):
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self.faults.remove(fault)
+                    return fault
+        return None
+
+    def throttle(self, endpoint: str) -> float | None:
+        with self.lock:
+            window = self._limits.get(endpoint)
+            return window.admit(time.monotonic()) if window else None
+
+    def issue_token(self, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        if not isinstance(body.get("app_id"), str) or body.get("app_id") != self.app_id:
+            return 400, {"code": 10003, "msg": "invalid param"}
+        if body.get("app_secret") != self.app_secret:
+            return 400, {"code": 10014, "msg": "app secret invalid"}
+        with self.lock:
+            self.requests["token"] += 1
+            now = time.time()
+            live = [(exp, tok) for tok, exp in self._tokens.items() if exp - now > TOKEN_REUSE_WINDOW]
+            if live:
+                expires, token = max(live)
+            else:
+                token, expires = f"t-{secrets.token_hex(20)}", now + TOKEN_LIFETIME
+                self._tokens[token] = expires
+        return 200, {"code": 0, "msg": "ok", "tenant_access_token": token, "expire": int(expires - now)}
+
+    def authorize(self, header: str | None) -> tuple[int, dict[str, Any]] | None:
+        if not header or not header.startswith("Bearer ") or not header[7:].strip():
+            return 400, {"code": 99991661, "msg": "Missing access token for authorization."}
+        token = header[7:].strip()
+        if not token.startswith("t-"):
+            return 400, {"code": 99991671, "msg": "Invalid access token prefix."}
+        with self.lock:
+            expires = self._tokens.get(token)
+        if expires is None or expires <= time.time():
+            return 400, {"code": 99991663, "msg": "Invalid access token for authorization."}
+        if REFERRAL_SCOPE not in self.scopes:
+            return 400, {
+                "code": 99991672,
+                "msg": f"Access denied. One of the following scopes is required: [{REFERRAL_SCOPE}].",
+            }
+        return None
+
+    def withdraw(self, account_id: str, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        kinds = body.get("withdraw_bonus_type")
+        order_id = body.get("external_order_id")
+        if (
+            not isinstance(kinds, list)
+            or not kinds
+            or any(k not in (1, 2) or isinstance(k, bool) for k in kinds)
+            or not isinstance(order_id, str)
+            or not order_id
+        ):
+            return 400, {"code": 1002002, "msg": "param error"}
+        with self.lock:
+            self.requests["withdraw"] += 1
+            if order_id in self.orders:
+                return 200, {"code": 0, "msg": "SUCCESS", "data": self.orders[order_id]}
+            account = self.accounts.get(account_id)
+            if account is None:
+                return 400, {"code": 1002553, "msg": "referral account does not exist"}
+            if not account.enabled:
+                return 400, {"code": 1002555, "msg": "referral account is deactivated"}
+            points = account.point_bonus if 1 in kinds else 0
+            cash = account.assets()["cash_bonus"] if 2 in kinds else []
+            if 1 in kinds:
+                account.point_bonus = 0
+            if 2 in kinds:
+                account.cash_bonus = {}
+            data = {
+                "external_order_id": order_id,
+                "trans_time": str(time.time_ns() // 1_000_000),
+                "withdrawal_details": {"point_bonus": points, "cash_bonus": cash},
+            }
+            self.orders[order_id] = data
+            self.ledger.append({"referral_account_id": account_id, **data})
+        return 200, {"code": 0, "msg": "SUCCESS", "data": data}
+
+    def account_assets(self, account_id: str) -> tuple[int, dict[str, Any]]:
+        with self.lock:
+            self.requests["assets"] += 1
+            account = self.accounts.get(account_id)
+            if account is None:
+                return 400, {"code": 1002553, "msg": "referral account does not exist"}
+            return 200, {
+                "code": 0,
+                "msg": "success",
+                "data": {
+                    "account": {
+                        "account_id": account.account_id,
+                        "assets": {"confirmed_bonus": account.assets()},
+                        "status": 1 if account.enabled else 2,
+                    }
+                },
+            }
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _json_bytes(payload: Mapping[str, Any]) -> bytes:
+    """JSON with money as bare two-place numbers (``100.50``), as Feishu sends it."""
+    text = json.dumps(payload, ensure_ascii=False, default=lambda v: f"\x00{v}\x00")
+    return _DECIMAL_MARK.sub(r"\1", text).encode()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like Feishu's gateway
+    server_version = "FeishuSandbox"
+
+    @property
+    def sandbox(self) -> FeishuSandbox:
+        return self.server.sandbox  # type: ignore[attr-defined,no-any-return]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: request lines are noise in test output."""
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def _handle(self, method: str) -> None:
+        url = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if url.path.startswith("/_sandbox/"):
+            return self._control(method, url.path, raw)
+        endpoint = self._endpoint(method, url.path)
+        if endpoint is None:
+            return self._send(404, b"404 page not found", "text/plain")
+        fault = self.sandbox.take_fault(endpoint)
+        if fault and fault.kind == "http_500":
+            return self._reply(500, {"code": 1002001, "msg": "system error"})
+        if fault and fault.kind == "html_502":
+            page = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
+            return self._send(502, page, "text/html")
+        if fault and fault.kind == "rate_limit":
+            return self._rate_limited(fault.seconds)
+        if fault and fault.kind == "slow":
+            time.sleep(fault.seconds)
+        if fault and fault.kind == "revoke_token":
+            self.sandbox.revoke_tokens()
+        if endpoint != "token" and (wait := self.sandbox.throttle(endpoint)) is not None:
+            return self._rate_limited(wait)
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return self._reply(400, {"code": 1002002, "msg": "param error: body is not a JSON object"})
+        status, answer = self._answer(endpoint, url, body)
+        if fault and fault.kind == "revoke_token" and answer.get("code") == 99991663:
+            status = fault.status
+        if fault and fault.kind == "drop_after_commit":
+            self.close_connection = True  # committed; the caller never hears of it
+            return None
+        return self._reply(status, answer)
+
+    def _endpoint(self, method: str, path: str) -> str | None:
+        if method == "POST" and path == _TOKEN:
+            return "token"
+        if method == "POST" and _WITHDRAW.match(path):
+            return "withdraw"
+        if method == "GET" and path == _ASSETS:
+            return "assets"
+        return None
+
+    def _answer(self, endpoint: str, url: Any, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if endpoint == "token":
+            return self.sandbox.issue_token(body)
+        denied = self.sandbox.authorize(self.headers.get("Authorization"))
+        if denied:
+            return denied
+        if endpoint == "withdraw":
+            return self.sandbox.withdraw(_WITHDRAW.match(url.path).group(1), body)  # type: ignore[union-attr]
+        account_id = parse_qs(url.query).get("referral_account_id", [""])[0]
+        if not account_id:
+            return 400, {"code": 1002002, "msg": "param error: referral_account_id is required"}
+        return self.sandbox.account_assets(account_id)
+
+    def _control(self, method: str, path: str, raw: bytes) -> None:
+        if method == "GET" and path == "/_sandbox/state":
+            return self._reply(200, {"code": 0, "msg": "ok", "data": self.sandbox.state()})
+        if method == "POST" and path == "/_sandbox/faults":
+            try:
+                self.sandbox.inject(**json.loads(raw or b"{}"))
+            except (TypeError, ValueError) as exc:
+                return self._reply(400, {"code": 1002002, "msg": str(exc)})
+            return self._reply(200, {"code": 0, "msg": "ok"})
+        if method == "POST" and path == "/_sandbox/revoke_tokens":
+            self.sandbox.revoke_tokens()
+            return self._reply(200, {"code": 0, "msg": "ok"})
+        return self._send(404, b"404 page not found", "text/plain")
+
+    def _rate_limited(self, wait: float) -> None:
+        headers = {"x-ogw-ratelimit-reset": str(max(1, math.ceil(wait)))}
+        with self.sandbox.lock:
+            self.sandbox.requests["rate_limited"] += 1
+        return self._reply(429, {"code": 99991400, "msg": "request trigger frequency limit"}, headers)
+
+    def _reply(self, status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> None:
+        self._send(status, _json_bytes(payload), "application/json; charset=utf-8", headers)
+
+    def _send(
+        self, status: int, body: bytes, content_type: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Tt-Logid", time.strftime("%Y%m%d%H%M%S") + secrets.token_hex(10).upper())
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the caller gave up (e.g. timed out on a slow answer)
