@@ -4,6 +4,9 @@
 PYTHON ?= python3
 AIRFLOW_VERSION ?= 3.3.2
 LOWEST_AIRFLOW_VERSION ?= 3.2.0
+# Airflow 3.2.0 predates the fastapi<0.137 cap that 3.3 added; newer fastapi/cadwyn
+# break its execution API at start-up. Users of 3.2.0 need the same pins.
+LOWEST_PINS := "fastapi[standard-no-fastapi-cloud-cli]<0.137" "cadwyn<9"
 VENV := .venv
 LOWEST_VENV := .venv-lowest
 PIP_QUIET := --quiet --disable-pip-version-check
@@ -17,7 +20,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 $(LOWEST_VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(LOWEST_VENV)
-	$(LOWEST_VENV)/bin/pip install $(PIP_QUIET) -e ".[dev]" "apache-airflow==$(LOWEST_AIRFLOW_VERSION)"
+	$(LOWEST_VENV)/bin/pip install $(PIP_QUIET) -e ".[dev]" "apache-airflow==$(LOWEST_AIRFLOW_VERSION)" $(LOWEST_PINS)
 	touch $@
 
 demo: $(VENV)/.installed

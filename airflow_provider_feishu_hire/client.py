@@ -154,6 +154,19 @@ def parse_envelope(response: requests.Response) -> dict[str, Any]:
     )
 
 
+def _root_cause(exc: BaseException) -> str:
+    """The innermost reason ("Connection refused"), not urllib3's three layers of wrapping."""
+    seen = {id(exc)}
+    while True:
+        inner = exc.__cause__ or exc.__context__ or getattr(exc, "reason", None)
+        if inner is None and exc.args and isinstance(exc.args[0], BaseException):
+            inner = exc.args[0]
+        if not isinstance(inner, BaseException) or id(inner) in seen:
+            return str(exc) or type(exc).__name__
+        seen.add(id(inner))
+        exc = inner
+
+
 def _reset_seconds(headers: Mapping[str, str]) -> float | None:
     try:
         return max(0.0, float(headers["x-ogw-ratelimit-reset"]))
@@ -324,7 +337,7 @@ class FeishuClient:
                 if delay is None:
                     raise err.with_context(context) from None
                 log.warning(
-                    "%s; attempt %d of %d failed, retrying in %.1fs",
+                    "%s; attempt %d of %d failed, retrying in %.2fs",
                     err.with_context(context),
                     attempt,
                     self.retry.max_attempts,
@@ -353,10 +366,10 @@ class FeishuClient:
             response = self._session.request(
                 method, self.base_url + path, json=json, params=params, headers=headers, timeout=self.timeout
             )
-        except requests.Timeout as exc:
-            raise FeishuAPIError(f"no answer within {self.timeout:g}s ({exc})", retryable=True) from None
+        except requests.Timeout:
+            raise FeishuAPIError(f"no answer from {self.base_url} within {self.timeout:g}s", retryable=True) from None
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             # Includes "Feishu committed, then the connection dropped": safe to resend,
             # because a withdrawal's retry carries the same external_order_id.
-            raise FeishuAPIError(f"could not reach {self.base_url} ({exc})", retryable=True) from None
+            raise FeishuAPIError(f"could not reach {self.base_url}: {_root_cause(exc)}", retryable=True) from None
         return parse_envelope(response)

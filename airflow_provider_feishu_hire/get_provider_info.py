@@ -54,8 +54,18 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "max_attempts": {
                         "label": "Attempts per call",
-                        "description": "Sends of one call on transient errors (5xx, 429, timeouts), same order id each time.",
+                        "description": "Tries of one call on transient errors (5xx, 429, timeouts); a withdrawal "
+                        "sends the same external_order_id every time.",
                         "schema": {"type": ["integer", "null"], "default": 5, "minimum": 1},
+                    },
+                    "backoff_base": {
+                        "label": "First backoff (seconds)",
+                        "description": "Wait before the first retry; it doubles, with jitter, on each further retry.",
+                        "schema": {"type": ["number", "null"], "default": 0.5, "minimum": 0},
+                    },
+                    "backoff_max": {
+                        "label": "Longest backoff (seconds)",
+                        "schema": {"type": ["number", "null"], "default": 8, "minimum": 0},
                     },
                     "retry_budget": {
                         "label": "Retry budget (seconds)",

@@ -46,7 +46,12 @@ def payroll_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
             amount = Decimal(str(cash["amount"]))
             if amount:
                 rows.append(
-                    {**base, "bonus_type": "cash", "currency": str(cash["currency_type"]), "amount": f"{amount:.2f}"}
+                    {
+                        **base,
+                        "bonus_type": "cash",
+                        "currency": str(cash["currency_type"]),
+                        "amount": f"{amount:.2f}",
+                    }
                 )
     return sorted(rows, key=lambda r: tuple(r[c] for c in COLUMNS))
 

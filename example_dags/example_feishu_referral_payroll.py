@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from datetime import timedelta
 from typing import Any
 
 import pendulum
@@ -44,7 +43,8 @@ SANDBOX_ACCOUNT_IDS = [
             description="Folder for the payroll CSV",
         ),
     },
-    default_args={"retries": 3, "retry_delay": timedelta(seconds=30)},
+    # The delay between tries is the deployment's [core] default_task_retry_delay.
+    default_args={"retries": 3},
 )
 def example_feishu_referral_payroll() -> None:
     @task

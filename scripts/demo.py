@@ -65,7 +65,12 @@ def main() -> None:
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "example_dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW_CONN_FEISHU_HIRE_DEFAULT": json.dumps(
-                {"conn_type": "feishu_hire", "host": url, "login": DEFAULT_APP_ID, "password": DEFAULT_APP_SECRET}
+                {
+                    "conn_type": "feishu_hire",
+                    "host": url,
+                    "login": DEFAULT_APP_ID,
+                    "password": DEFAULT_APP_SECRET,
+                }
             ),
         }
         airflow = [sys.executable, "-m", "airflow"]

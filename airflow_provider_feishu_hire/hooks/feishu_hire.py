@@ -18,8 +18,9 @@ class FeishuHireHook(BaseHook):
 
     Connection: login = App ID, password = App Secret, host = API base URL (empty means
     ``https://open.feishu.cn``; ``https://open.larksuite.com`` for Lark, or
-    ``http://127.0.0.1:PORT`` for the bundled sandbox). The extra holds ``timeout``,
-    ``max_attempts`` and ``retry_budget``. One hook owns one client, so all calls of a
+    ``http://127.0.0.1:PORT`` for the bundled sandbox). The extra may hold ``timeout``
+    (seconds per request), ``max_attempts``, ``backoff_base``, ``backoff_max`` and
+    ``retry_budget`` (seconds for all attempts of one call). One hook owns one client, so all calls of a
     task share one keep-alive session and one token.
     """
 
@@ -34,6 +35,9 @@ class FeishuHireHook(BaseHook):
 
     @cached_property
     def client(self) -> FeishuClient:
+        return self._build_client()
+
+    def _build_client(self, retry: RetryPolicy | None = None) -> FeishuClient:
         conn = self.get_connection(self.feishu_hire_conn_id)
         extra = conn.extra_dejson
         defaults = RetryPolicy()
@@ -42,8 +46,11 @@ class FeishuHireHook(BaseHook):
             conn.password or "",
             _base_url(conn.host, conn.port),
             timeout=float(extra.get("timeout") or 10),
-            retry=RetryPolicy(
+            retry=retry
+            or RetryPolicy(
                 max_attempts=int(extra.get("max_attempts") or defaults.max_attempts),
+                backoff_base=float(extra.get("backoff_base", defaults.backoff_base)),
+                backoff_max=float(extra.get("backoff_max", defaults.backoff_max)),
                 budget=float(extra.get("retry_budget", defaults.budget)),
             ),
             # Registered before the token is used anywhere, so no log line can show it.
@@ -66,10 +73,13 @@ class FeishuHireHook(BaseHook):
         return self.client.get_account_assets(referral_account_id)
 
     def test_connection(self) -> tuple[bool, str]:
-        """Fetch a token and nothing else: no money moves, no account is touched."""
+        """Fetch a token and nothing else: no money moves, no account is touched.
+
+        One attempt, no retries: a person is waiting on the Test button.
+        """
         try:
-            client = self.client
-            client.get_tenant_access_token()
+            with self._build_client(RetryPolicy(max_attempts=1)) as client:
+                client.get_tenant_access_token()
         except ValueError as exc:
             return False, str(exc)
         except FeishuAPIError as exc:

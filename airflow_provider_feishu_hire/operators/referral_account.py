@@ -57,12 +57,21 @@ class ReferralWithdrawOperator(BaseOperator):
         feishu_hire_conn_id: str = "feishu_hire_default",
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("map_index_template", "{{ task.referral_account_id }}")
         super().__init__(**kwargs)
         self.referral_account_id = referral_account_id
         self.withdraw_bonus_type = withdraw_bonus_type
         self.external_order_id = external_order_id
         self.feishu_hire_conn_id = feishu_hire_conn_id
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:
+        """Label each mapped instance by its account id unless the DAG names another template.
+
+        Airflow takes the label template from ``partial()``, not from the unmapped
+        operator's ``__init__``, so the default has to be set here.
+        """
+        kwargs.setdefault("map_index_template", "{{ task.referral_account_id }}")
+        return super().partial(**kwargs)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_feishu_hire.exceptions import FeishuAPIError
@@ -75,7 +84,7 @@ class ReferralWithdrawOperator(BaseOperator):
                 dag_id=self.dag_id,
                 run_id=context["run_id"],
                 task_id=self.task_id,
-                map_index=context["ti"].map_index,
+                map_index=context["ti"].map_index if context["ti"].map_index is not None else -1,
                 referral_account_id=account_id,
             )
         else:

@@ -53,8 +53,7 @@ class Account:
             account_id=str(item["account_id"]),
             point_bonus=int(item.get("point_bonus", 0)),
             cash_bonus={
-                str(c["currency_type"]): Decimal(str(c["amount"])).quantize(_CENT)
-                for c in item.get("cash_bonus", [])
+                str(c["currency_type"]): Decimal(str(c["amount"])).quantize(_CENT) for c in item.get("cash_bonus", [])
             },
             enabled=item.get("status", "enabled") in ("enabled", 1),
         )
@@ -124,11 +123,14 @@ class FeishuSandbox:
         rate_limits: bool = True,
         withdraw_per_minute: int = 100,
         assets_per_second: int = 10,
+        token_lifetime: int = TOKEN_LIFETIME,
     ) -> None:
         if not _is_loopback(host):
             raise ValueError(f"the sandbox binds to loopback only, not {host!r}")
         self.app_id, self.app_secret = app_id, app_secret
         self.scopes = set(scopes)
+        self.token_lifetime = token_lifetime
+        self.issued_tokens: list[str] = []
         self.accounts = {a.account_id: a for a in (demo_accounts() if accounts is None else accounts)}
         self.orders: dict[str, dict[str, Any]] = {}
         self.ledger: list[dict[str, Any]] = []
@@ -149,10 +151,16 @@ class FeishuSandbox:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        host = host.decode() if isinstance(host, bytes) else host
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def start(self) -> FeishuSandbox:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="feishu-sandbox", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="feishu-sandbox",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -222,8 +230,9 @@ class FeishuSandbox:
             if live:
                 expires, token = max(live)
             else:
-                token, expires = f"t-{secrets.token_hex(20)}", now + TOKEN_LIFETIME
+                token, expires = f"t-{secrets.token_hex(20)}", now + self.token_lifetime
                 self._tokens[token] = expires
+                self.issued_tokens.append(token)
         return 200, {"code": 0, "msg": "ok", "tenant_access_token": token, "expire": int(expires - now)}
 
     def authorize(self, header: str | None) -> tuple[int, dict[str, Any]] | None:
@@ -318,7 +327,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     @property
     def sandbox(self) -> FeishuSandbox:
-        return self.server.sandbox  # type: ignore[attr-defined,no-any-return]
+        return self.server.sandbox  # type: ignore[attr-defined]
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silent: request lines are noise in test output."""
@@ -411,9 +420,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _reply(self, status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> None:
         self._send(status, _json_bytes(payload), "application/json; charset=utf-8", headers)
 
-    def _send(
-        self, status: int, body: bytes, content_type: str, headers: Mapping[str, str] | None = None
-    ) -> None:
+    def _send(self, status: int, body: bytes, content_type: str, headers: Mapping[str, str] | None = None) -> None:
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
