@@ -35,6 +35,10 @@ TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
 WITHDRAW_PATH = "/open-apis/hire/v1/referral_account/{}/withdraw"
 ACCOUNT_ASSETS_PATH = "/open-apis/hire/v1/referral_account/get_account_assets"
 
+# Feishu's published limits per app and tenant.
+WITHDRAW_LIMIT_PER_MINUTE = 100
+ACCOUNT_ASSETS_LIMIT_PER_SECOND = 10
+
 # Refresh this long before Feishu says the token expires, so a call never starts with a
 # token that dies in flight (node-sdk once cached tokens to their last second).
 TOKEN_REFRESH_MARGIN = 300.0

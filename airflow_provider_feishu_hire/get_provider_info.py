@@ -67,6 +67,17 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "Longest backoff (seconds)",
                         "schema": {"type": ["number", "null"], "default": 8, "minimum": 0},
                     },
+                    "withdraw_rate_limit": {
+                        "label": "Withdrawals per minute",
+                        "description": "Client-side pace shared by all threads of a task; Feishu allows 100. "
+                        "0 turns pacing off.",
+                        "schema": {"type": ["number", "null"], "default": 100, "minimum": 0},
+                    },
+                    "assets_rate_limit": {
+                        "label": "Balance reads per second",
+                        "description": "Pace of get_account_assets pre-checks; Feishu allows 10. 0 turns pacing off.",
+                        "schema": {"type": ["number", "null"], "default": 10, "minimum": 0},
+                    },
                     "retry_budget": {
                         "label": "Retry budget (seconds)",
                         "description": "Total time one call may spend retrying, waits included.",

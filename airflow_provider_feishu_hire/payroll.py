@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pendulum
+
+from airflow_provider_feishu_hire.withdrawal import file_safe
 
 COLUMNS = ("referral_account_id", "external_order_id", "trans_time", "bonus_type", "currency", "amount")
 
@@ -57,7 +58,7 @@ def payroll_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
 
 
 def payroll_file_name(run_id: str) -> str:
-    return "payroll_" + re.sub(r"[^A-Za-z0-9._-]", "_", run_id) + ".csv"
+    return f"payroll_{file_safe(run_id)}.csv"
 
 
 def write_payroll_csv(records: Iterable[Mapping[str, Any]], output_dir: str | os.PathLike[str], run_id: str) -> Path:

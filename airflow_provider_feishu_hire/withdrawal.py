@@ -38,6 +38,18 @@ def check_referral_account_id(value: object, field: str = "referral_account_id")
     return text
 
 
+def check_referral_account_ids(value: object) -> list[str]:
+    """A batch's account ids, every one checked before any is sent.
+
+    Accepts a list (inline or from XCom) or, since templates render to text, the text of
+    a list (JSON or Python) or of comma/newline separated ids.
+    """
+    items = [part for part in re.split(r"[\s,\[\]'\"]+", value) if part] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise TypeError(f"referral_account_ids must be a list of account ids, got {type(value).__name__}")
+    return [check_referral_account_id(item, f"referral_account_ids[{n}]") for n, item in enumerate(items)]
+
+
 def check_external_order_id(value: object) -> str:
     if not isinstance(value, str):
         raise TypeError(f"external_order_id must be a string, got {type(value).__name__}")
@@ -79,6 +91,11 @@ def derive_external_order_id(
     material = "\x1f".join([dag_id, run_id, task_id, str(map_index), referral_account_id])
     digest = int.from_bytes(hashlib.sha256(material.encode()).digest()[:16], "big")
     return f"{digest % 10**19:019d}"
+
+
+def file_safe(text: str) -> str:
+    """A run id or task id as part of a file name (run ids carry ':' and '+')."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)
 
 
 def _money(amount: object) -> str:

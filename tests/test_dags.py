@@ -17,12 +17,14 @@ from airflow_provider_feishu_hire.sandbox import DEFAULT_APP_SECRET, Account, Fe
 from tests.conftest import ROOT, AirflowRunner, connection_json
 
 EXAMPLE = ROOT / "example_dags" / "example_feishu_referral_payroll.py"
+BATCH_EXAMPLE = ROOT / "example_dags" / "example_feishu_referral_batch_payroll.py"
 CHECKS = Path(__file__).parent / "dags" / "feishu_operator_checks.py"
 
 
 @pytest.fixture
 def runner(airflow_runner: AirflowRunner) -> AirflowRunner:
     airflow_runner.add_dag(EXAMPLE)
+    airflow_runner.add_dag(BATCH_EXAMPLE)
     airflow_runner.add_dag(CHECKS)
     return airflow_runner
 
@@ -201,3 +203,39 @@ def test_mapped_payroll_under_faults_pays_every_account_exactly_once(
         )
         assert retried[0][0] >= 1  # Airflow itself retried at least one account
         assert_no_secret(sandbox, logs_of(runner, done))
+
+
+def test_batch_example_pays_everyone_once_skips_empty_accounts_and_exports(
+    runner: AirflowRunner, tmp_path: Path
+) -> None:
+    accounts = [a for a in demo_accounts() if a.enabled]
+    ids = [a.account_id for a in accounts]
+    conf = {"referral_account_ids": ids, "output_dir": str(tmp_path / "out"), "results_dir": str(tmp_path / "journals")}
+    with FeishuSandbox(demo_accounts(), rate_limits=False) as sandbox:
+        done = run(runner, sandbox, "example_feishu_referral_batch_payroll", conf)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        ledger = sandbox.state()["ledger"]
+        assert sandbox.requests["token"] == 1  # one token for the whole batch
+        assert_no_secret(sandbox, logs_of(runner, done))
+    paid = sorted(e["referral_account_id"] for e in ledger)
+    assert paid == sorted(a.account_id for a in accounts if a.point_bonus or a.cash_bonus)  # empty one skipped
+    (csv_path,) = (tmp_path / "out").glob("payroll_*.csv")
+    assert payroll_totals(csv_path) == balances(accounts)
+
+
+def test_batch_pays_the_others_then_fails_without_retry_on_a_bad_account(runner: AirflowRunner, tmp_path: Path) -> None:
+    good = ["7001000000000000001", "7001000000000000002", "7001000000000000003"]
+    conf = {"accounts": ",".join([good[0], "7001000000000000009", *good[1:]]), "results_dir": str(tmp_path)}
+    with FeishuSandbox(demo_accounts(), rate_limits=False) as sandbox:
+        done = run(runner, sandbox, "feishu_batch_with_a_bad_account", conf)
+        ledger = sandbox.state()["ledger"]
+    assert done.returncode != 0
+    assert sorted(e["referral_account_id"] for e in ledger) == good
+    assert "1 referral accounts failed permanently" in done.stdout + done.stderr
+    (row,) = runner.query(
+        "SELECT state, try_number FROM task_instance WHERE dag_id = ? ORDER BY start_date DESC LIMIT 1",
+        "feishu_batch_with_a_bad_account",
+    )
+    assert row == ("failed", 1)
+    (journal,) = tmp_path.glob("*.jsonl")
+    assert any('"code":1002555' in line for line in journal.read_text().splitlines())

@@ -43,7 +43,15 @@ def test_providers_manager_loads_the_connection_form_without_warnings(
     assert {"schema", "port", "extra"} <= set(behaviour["hidden_fields"])
     assert widgets == {
         f"extra__feishu_hire__{name}"
-        for name in ("timeout", "max_attempts", "backoff_base", "backoff_max", "retry_budget")
+        for name in (
+            "timeout",
+            "max_attempts",
+            "backoff_base",
+            "backoff_max",
+            "retry_budget",
+            "withdraw_rate_limit",
+            "assets_rate_limit",
+        )
     }
     messages = [r.getMessage() for r in caplog.records] + [str(w.message) for w in caught]
     assert [m for m in messages if "feishu" in m.lower()] == []

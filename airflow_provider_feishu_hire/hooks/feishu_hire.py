@@ -9,7 +9,14 @@ from urllib.parse import urlsplit
 from airflow.sdk import BaseHook
 from airflow.sdk.log import mask_secret
 
-from airflow_provider_feishu_hire.client import DEFAULT_BASE_URL, FeishuClient, RetryPolicy
+from airflow_provider_feishu_hire.client import (
+    ACCOUNT_ASSETS_LIMIT_PER_SECOND,
+    DEFAULT_BASE_URL,
+    WITHDRAW_LIMIT_PER_MINUTE,
+    FeishuClient,
+    RateLimiter,
+    RetryPolicy,
+)
 from airflow_provider_feishu_hire.exceptions import SCOPE_CODE, FeishuAPIError
 
 
@@ -19,9 +26,14 @@ class FeishuHireHook(BaseHook):
     Connection: login = App ID, password = App Secret, host = API base URL (empty means
     ``https://open.feishu.cn``; ``https://open.larksuite.com`` for Lark, or
     ``http://127.0.0.1:PORT`` for the bundled sandbox). The extra may hold ``timeout``
-    (seconds per request), ``max_attempts``, ``backoff_base``, ``backoff_max`` and
-    ``retry_budget`` (seconds for all attempts of one call). One hook owns one client, so all calls of a
-    task share one keep-alive session and one token.
+    (seconds per request), ``max_attempts``, ``backoff_base``, ``backoff_max``,
+    ``retry_budget`` (seconds for all attempts of one call), ``withdraw_rate_limit``
+    (withdrawals per minute, default Feishu's 100) and ``assets_rate_limit`` (balance reads
+    per second, default 10); a rate limit of 0 turns client-side pacing off.
+
+    One hook owns one client, so all calls of a task, from any of its threads, share one
+    keep-alive session, one token and one pace. ``withdraw_per_minute`` and
+    ``assets_per_second`` override the connection's limits for this hook.
     """
 
     conn_name_attr = "feishu_hire_conn_id"
@@ -29,9 +41,20 @@ class FeishuHireHook(BaseHook):
     conn_type = "feishu_hire"
     hook_name = "Feishu Hire"
 
-    def __init__(self, feishu_hire_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        feishu_hire_conn_id: str = default_conn_name,
+        *,
+        withdraw_per_minute: float | None = None,
+        assets_per_second: float | None = None,
+        pool_size: int = 10,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.feishu_hire_conn_id = feishu_hire_conn_id
+        self.withdraw_per_minute = withdraw_per_minute
+        self.assets_per_second = assets_per_second
+        self.pool_size = pool_size
 
     @cached_property
     def client(self) -> FeishuClient:
@@ -53,8 +76,15 @@ class FeishuHireHook(BaseHook):
                 backoff_max=float(extra.get("backoff_max", defaults.backoff_max)),
                 budget=float(extra.get("retry_budget", defaults.budget)),
             ),
+            withdraw_limiter=_limiter(
+                self.withdraw_per_minute, extra.get("withdraw_rate_limit"), WITHDRAW_LIMIT_PER_MINUTE, 60.0
+            ),
+            assets_limiter=_limiter(
+                self.assets_per_second, extra.get("assets_rate_limit"), ACCOUNT_ASSETS_LIMIT_PER_SECOND, 1.0
+            ),
             # Registered before the token is used anywhere, so no log line can show it.
             on_new_token=mask_secret,
+            pool_size=self.pool_size,
         )
 
     def get_conn(self) -> FeishuClient:
@@ -85,6 +115,12 @@ class FeishuHireHook(BaseHook):
         except FeishuAPIError as exc:
             return False, _explain(exc)
         return True, f"Fetched a tenant_access_token for app {client.app_id} from {client.base_url}"
+
+
+def _limiter(override: float | None, configured: Any, published: int, period: float) -> RateLimiter | None:
+    """The operator's limit, else the connection's, else Feishu's published one; 0 means no pacing."""
+    limit = float(override if override is not None else configured if configured is not None else published)
+    return RateLimiter(limit, period) if limit > 0 else None
 
 
 def _base_url(host: str | None, port: int | None) -> str:

@@ -8,6 +8,7 @@ with it ``requests``, is imported when a task runs.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -18,9 +19,11 @@ from airflow_provider_feishu_hire.withdrawal import (
     POINTS,
     check_external_order_id,
     check_referral_account_id,
+    check_referral_account_ids,
     check_withdraw_bonus_type,
     derive_external_order_id,
     describe_withdrawal,
+    file_safe,
     withdrawal_record,
 )
 
@@ -80,13 +83,7 @@ class ReferralWithdrawOperator(BaseOperator):
         account_id = check_referral_account_id(self.referral_account_id)
         bonus_types = check_withdraw_bonus_type(self.withdraw_bonus_type)
         if self.external_order_id is None:
-            order_id = derive_external_order_id(
-                dag_id=self.dag_id,
-                run_id=context["run_id"],
-                task_id=self.task_id,
-                map_index=context["ti"].map_index if context["ti"].map_index is not None else -1,
-                referral_account_id=account_id,
-            )
+            order_id = _order_id_for(context, account_id)
         else:
             order_id = check_external_order_id(self.external_order_id)
 
@@ -100,3 +97,120 @@ class ReferralWithdrawOperator(BaseOperator):
         record = withdrawal_record(account_id, data)
         self.log.info("Withdrew %s", describe_withdrawal(record))
         return record
+
+
+class ReferralBatchWithdrawOperator(BaseOperator):
+    """Withdraw many referral accounts in one task: one token, one keep-alive session, Feishu's pace.
+
+    ``referral_account_ids`` is a list given inline, a template rendering to a list (JSON,
+    Python or comma-separated text), or an upstream ``XComArg``. Calls are paced at the
+    connection's ``withdraw_rate_limit`` (Feishu's 100 a minute by default), overridable
+    here with ``withdraw_per_minute``, and shared by the ``max_workers`` threads. With
+    ``check_balances`` each account's balance is read first (at Feishu's separate 10 a
+    second) and accounts with nothing to withdraw are skipped, saving withdraw quota.
+
+    Every account's outcome goes to a JSON-lines journal in ``results_dir`` (which must be
+    reachable by every worker that may run a retry, and by downstream readers). The
+    journal makes the task resumable: a retry carries over the accounts already paid and
+    re-sends the rest with the same deterministic ``external_order_id``, so no account is
+    paid twice. One account's failure never stops the others: the task pays everything it
+    can, then fails if any account failed, and is retried by Airflow only if a retry can
+    help. The return value (XCom) is a bounded summary with the journal's path.
+    """
+
+    template_fields: Sequence[str] = ("referral_account_ids", "withdraw_bonus_type", "results_dir")
+    ui_color = FEISHU_BLUE
+    ui_fgcolor = "#ffffff"
+
+    def __init__(
+        self,
+        *,
+        referral_account_ids: object,
+        results_dir: str,
+        withdraw_bonus_type: object = (POINTS, CASH),
+        check_balances: bool = False,
+        max_workers: int = 4,
+        withdraw_per_minute: float | None = None,
+        assets_per_second: float | None = None,
+        feishu_hire_conn_id: str = "feishu_hire_default",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if max_workers < 1:
+            raise ValueError("max_workers must be at least 1")
+        self.referral_account_ids = referral_account_ids
+        self.results_dir = results_dir
+        self.withdraw_bonus_type = withdraw_bonus_type
+        self.check_balances = check_balances
+        self.max_workers = max_workers
+        self.withdraw_per_minute = withdraw_per_minute
+        self.assets_per_second = assets_per_second
+        self.feishu_hire_conn_id = feishu_hire_conn_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_feishu_hire.batch import withdraw_batch
+        from airflow_provider_feishu_hire.hooks.feishu_hire import FeishuHireHook
+
+        account_ids = check_referral_account_ids(self.referral_account_ids)
+        bonus_types = check_withdraw_bonus_type(self.withdraw_bonus_type)
+        if not str(self.results_dir or "").strip():
+            raise ValueError("results_dir is empty: name a folder every worker can reach")
+        map_index = _map_index(context)
+        name = f"{file_safe(self.dag_id)}__{file_safe(context['run_id'])}__{file_safe(self.task_id)}"
+        results_path = Path(self.results_dir) / (name + (f"__{map_index}" if map_index >= 0 else "") + ".jsonl")
+
+        hook = FeishuHireHook(
+            feishu_hire_conn_id=self.feishu_hire_conn_id,
+            withdraw_per_minute=self.withdraw_per_minute,
+            assets_per_second=self.assets_per_second,
+            pool_size=self.max_workers,
+        )
+        self.log.info("Withdrawing %d referral accounts; journal %s", len(account_ids), results_path)
+        summary = withdraw_batch(
+            hook.client,
+            account_ids,
+            bonus_types=bonus_types,
+            order_id_for=lambda account_id: _order_id_for(context, account_id),
+            results_path=results_path,
+            check_balances=self.check_balances,
+            max_workers=self.max_workers,
+        )
+        result = summary.as_xcom()
+        self.log.info(
+            "Paid %d (%d by an earlier try), skipped %d, failed %d permanently and %d transiently; points %d, cash %s",
+            summary.paid,
+            summary.carried_over,
+            summary.skipped,
+            summary.failed_permanent,
+            summary.failed_transient,
+            summary.point_bonus,
+            result["cash_bonus"] or "none",
+        )
+        if summary.failed_transient:
+            # A retry carries over what was paid and re-sends the rest with the same order ids.
+            raise RuntimeError(
+                f"{summary.failed_transient} referral accounts failed transiently; a retry resumes from {results_path}"
+            )
+        if summary.failed_permanent:
+            raise AirflowFailException(
+                f"{summary.failed_permanent} referral accounts failed permanently (first: "
+                f"{summary.failures[0]['referral_account_id']} code {summary.failures[0]['code']}); "
+                f"all others were paid. Details: {results_path}"
+            )
+        return result
+
+
+def _map_index(context: Context) -> int:
+    map_index = context["ti"].map_index
+    return -1 if map_index is None else map_index
+
+
+def _order_id_for(context: Context, referral_account_id: str) -> str:
+    ti = context["ti"]
+    return derive_external_order_id(
+        dag_id=ti.dag_id,
+        run_id=context["run_id"],
+        task_id=ti.task_id,
+        map_index=_map_index(context),
+        referral_account_id=referral_account_id,
+    )

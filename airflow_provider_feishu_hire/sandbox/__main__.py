@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> None:
             app_id=args.app_id,
             app_secret=args.app_secret,
             rate_limits=not args.no_rate_limits,
-            withdraw_per_minute=args.withdraw_per_minute,
-            assets_per_second=args.assets_per_second,
+            withdraw_limit=(args.withdraw_per_minute, 60.0),
+            assets_limit=(args.assets_per_second, 1.0),
         )
     except (ValueError, OSError) as exc:
         sys.exit(f"feishu sandbox: {exc}")

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -109,7 +109,11 @@ class _Window:
 
 
 class FeishuSandbox:
-    """Start with ``with FeishuSandbox() as sandbox:`` and point a connection at ``sandbox.url``."""
+    """Start with ``with FeishuSandbox() as sandbox:`` and point a connection at ``sandbox.url``.
+
+    Rate limits are (calls, seconds) per endpoint, Feishu's published ones by default;
+    ``rate_limits=False`` lifts them for fast tests.
+    """
 
     def __init__(
         self,
@@ -121,8 +125,8 @@ class FeishuSandbox:
         app_secret: str = DEFAULT_APP_SECRET,
         scopes: Iterable[str] = (REFERRAL_SCOPE,),
         rate_limits: bool = True,
-        withdraw_per_minute: int = 100,
-        assets_per_second: int = 10,
+        withdraw_limit: tuple[int, float] = (100, 60.0),
+        assets_limit: tuple[int, float] = (10, 1.0),
         token_lifetime: int = TOKEN_LIFETIME,
     ) -> None:
         if not _is_loopback(host):
@@ -131,17 +135,17 @@ class FeishuSandbox:
         self.scopes = set(scopes)
         self.token_lifetime = token_lifetime
         self.issued_tokens: list[str] = []
-        self.accounts = {a.account_id: a for a in (demo_accounts() if accounts is None else accounts)}
+        # Copies: the caller's accounts keep their balances, so tests can compare against them.
+        self.accounts = {
+            a.account_id: replace(a, cash_bonus=dict(a.cash_bonus))
+            for a in (demo_accounts() if accounts is None else accounts)
+        }
         self.orders: dict[str, dict[str, Any]] = {}
         self.ledger: list[dict[str, Any]] = []
         self.requests: dict[str, int] = {"token": 0, "withdraw": 0, "assets": 0, "rate_limited": 0}
         self.faults: list[Fault] = []
         self._tokens: dict[str, float] = {}
-        self._limits = (
-            {"withdraw": _Window(withdraw_per_minute, 60.0), "assets": _Window(assets_per_second, 1.0)}
-            if rate_limits
-            else {}
-        )
+        self._limits = {"withdraw": _Window(*withdraw_limit), "assets": _Window(*assets_limit)} if rate_limits else {}
         self.lock = threading.RLock()
         self._server = ThreadingHTTPServer((host, port), _Handler)
         self._server.daemon_threads = True
