@@ -39,7 +39,7 @@ def test_token_and_withdraw_through_the_hook(feishu_connection: FeishuSandbox) -
 def test_test_connection_succeeds_without_touching_money(feishu_connection: FeishuSandbox) -> None:
     ok, message = FeishuHireHook().test_connection()
     assert ok, message
-    assert "cli_sandbox_app" in message
+    assert "cli_sandbox_app" in message and "scope granted" in message
     assert feishu_connection.requests["withdraw"] == 0 and feishu_connection.state()["ledger"] == []
     assert all(token not in message for token in feishu_connection.issued_tokens)
 
@@ -66,3 +66,12 @@ def test_test_connection_says_what_is_wrong(
     assert not ok
     assert expected in message
     assert DEFAULT_APP_SECRET not in message and settings["password"] not in message
+
+
+def test_test_connection_names_a_missing_scope(monkeypatch: pytest.MonkeyPatch) -> None:
+    with FeishuSandbox(rate_limits=False, scopes=()) as sandbox:
+        monkeypatch.setenv("AIRFLOW_CONN_FEISHU_HIRE_DEFAULT", connection_json(sandbox.url))
+        ok, message = FeishuHireHook().test_connection()
+        assert sandbox.state()["ledger"] == []
+    assert not ok
+    assert "hire:referral_account" in message and "99991672" in message

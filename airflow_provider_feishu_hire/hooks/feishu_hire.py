@@ -17,7 +17,10 @@ from airflow_provider_feishu_hire.client import (
     RateLimiter,
     RetryPolicy,
 )
-from airflow_provider_feishu_hire.exceptions import SCOPE_CODE, FeishuAPIError
+from airflow_provider_feishu_hire.exceptions import SCOPE_CODE, TOKEN_CODES, FeishuAPIError
+
+# A syntactically valid id no tenant has: reading it is harmless and proves the scope.
+SCOPE_PROBE_ACCOUNT_ID = "0"
 
 
 class FeishuHireHook(BaseHook):
@@ -103,18 +106,27 @@ class FeishuHireHook(BaseHook):
         return self.client.get_account_assets(referral_account_id)
 
     def test_connection(self) -> tuple[bool, str]:
-        """Fetch a token and nothing else: no money moves, no account is touched.
+        """Fetch a token, then read the balance of an account id that cannot exist.
 
-        One attempt, no retries: a person is waiting on the Test button.
+        Nothing is written and no money moves. The read tells a missing
+        ``hire:referral_account`` scope (99991672) from a working app ("account does
+        not exist"). One attempt, no retries: a person is waiting on the Test button.
         """
         try:
             with self._build_client(RetryPolicy(max_attempts=1)) as client:
                 client.get_tenant_access_token()
+                try:
+                    client.get_account_assets(SCOPE_PROBE_ACCOUNT_ID)
+                except FeishuAPIError as exc:
+                    if exc.code == SCOPE_CODE or exc.code is None or exc.code in TOKEN_CODES:
+                        raise
         except ValueError as exc:
             return False, str(exc)
         except FeishuAPIError as exc:
             return False, _explain(exc)
-        return True, f"Fetched a tenant_access_token for app {client.app_id} from {client.base_url}"
+        return True, (
+            f"Connected to {client.base_url} as app {client.app_id}: token fetched, hire:referral_account scope granted"
+        )
 
 
 def _limiter(override: float | None, configured: Any, published: int, period: float) -> RateLimiter | None:
@@ -136,7 +148,10 @@ def _explain(exc: FeishuAPIError) -> str:
     if exc.code is None:
         return f"Could not talk to Feishu: {exc}. Check the API base URL and that this machine can reach it."
     if exc.code == SCOPE_CODE:
-        return f"The app lacks the hire:referral_account scope: {exc}"
-    if not exc.retryable:
+        return (
+            "The app lacks the hire:referral_account scope: grant it in the Feishu developer console "
+            f"and publish a new app version. {exc}"
+        )
+    if exc.code in (10003, 10014):
         return f"Feishu rejected the App ID or App Secret: {exc}"
     return str(exc)

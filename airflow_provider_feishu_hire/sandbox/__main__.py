@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--app-id", default=DEFAULT_APP_ID)
     parser.add_argument("--app-secret", default=DEFAULT_APP_SECRET)
+    parser.add_argument("--tls-cert", help="serve https with this certificate (PEM); needs --tls-key")
+    parser.add_argument("--tls-key", help="the certificate's private key (PEM)")
     parser.add_argument("--no-rate-limits", action="store_true", help="lift Feishu's published rate limits")
     parser.add_argument("--withdraw-per-minute", type=int, default=100)
     parser.add_argument("--assets-per-second", type=int, default=10)
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
             rate_limits=not args.no_rate_limits,
             withdraw_limit=(args.withdraw_per_minute, 60.0),
             assets_limit=(args.assets_per_second, 1.0),
+            tls=(args.tls_cert, args.tls_key) if args.tls_cert else None,
         )
     except (ValueError, OSError) as exc:
         sys.exit(f"feishu sandbox: {exc}")

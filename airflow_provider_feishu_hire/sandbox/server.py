@@ -13,6 +13,7 @@ import json
 import math
 import re
 import secrets
+import ssl
 import threading
 import time
 from collections import deque
@@ -128,6 +129,7 @@ class FeishuSandbox:
         withdraw_limit: tuple[int, float] = (100, 60.0),
         assets_limit: tuple[int, float] = (10, 1.0),
         token_lifetime: int = TOKEN_LIFETIME,
+        tls: tuple[str, str] | None = None,
     ) -> None:
         if not _is_loopback(host):
             raise ValueError(f"the sandbox binds to loopback only, not {host!r}")
@@ -149,6 +151,15 @@ class FeishuSandbox:
         self.lock = threading.RLock()
         self._server = ThreadingHTTPServer((host, port), _Handler)
         self._server.daemon_threads = True
+        self.scheme = "http"
+        if tls:  # (certificate file, key file): https on loopback, e.g. to measure TLS handshakes
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            # The handshake happens in each connection's own thread, not in the accept loop.
+            self._server.socket = context.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
+            self.scheme = "https"
         self._server.sandbox = self  # type: ignore[attr-defined]
         self._thread: threading.Thread | None = None
 
@@ -156,7 +167,7 @@ class FeishuSandbox:
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         host = host.decode() if isinstance(host, bytes) else host
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        return f"{self.scheme}://[{host}]:{port}" if ":" in host else f"{self.scheme}://{host}:{port}"
 
     def start(self) -> FeishuSandbox:
         self._thread = threading.Thread(
@@ -327,6 +338,9 @@ def _json_bytes(payload: Mapping[str, Any]) -> bytes:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like Feishu's gateway
+    # Headers and body leave in two writes; with Nagle on, the second waits for the
+    # client's delayed ACK (~40 ms a call on a keep-alive connection).
+    disable_nagle_algorithm = True
     server_version = "FeishuSandbox"
 
     @property

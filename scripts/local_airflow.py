@@ -1,0 +1,155 @@
+"""``make airflow``: a local Airflow with this provider, the example DAGs and the Feishu sandbox.
+
+``feishu_hire_default`` points at the sandbox, connection testing is on, and the URL and
+login are printed. Ctrl-C stops Airflow and the sandbox. Everything it writes stays
+under ``.airflow/`` in the project (or the home given to :class:`LocalAirflow`).
+The browser test starts the same thing on free ports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+APP_ID = "cli_sandbox_app"
+APP_SECRET = "sandbox-app-secret-not-for-production"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class LocalAirflow:
+    def __init__(self, home: Path, *, port: int = 8080, sandbox_port: int = 8765, free_log_ports: bool = False) -> None:
+        self.home = home
+        self.url = f"http://127.0.0.1:{port}"
+        self.sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+        bin_dir = str(Path(sys.executable).parent)
+        self.env = {
+            **os.environ,
+            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),  # standalone starts `airflow ...`
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "example_dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
+            "AIRFLOW__CORE__PARALLELISM": "4",  # LocalExecutor starts one process per slot
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__BASE_URL": self.url,
+        }
+        if free_log_ports:
+            self.env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] = str(free_port())
+            self.env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] = str(free_port())
+        self._sandbox: subprocess.Popen[bytes] | None = None
+        self._airflow: subprocess.Popen[bytes] | None = None
+
+    def airflow(self, *args: str) -> None:
+        subprocess.run([sys.executable, "-m", "airflow", *args], env=self.env, check=True, stdout=subprocess.DEVNULL)
+
+    def start(self, log: Path | None = None) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        port = self.sandbox_url.rsplit(":", 1)[1]
+        self._sandbox = subprocess.Popen(
+            [sys.executable, "-m", "airflow_provider_feishu_hire.sandbox", "--port", port], stdout=subprocess.DEVNULL
+        )
+        self.airflow("db", "migrate")
+        subprocess.run(
+            [sys.executable, "-m", "airflow", "connections", "delete", "feishu_hire_default"],
+            env=self.env,
+            capture_output=True,
+        )
+        conn = {
+            "conn_type": "feishu_hire",
+            "host": self.sandbox_url,
+            "login": APP_ID,
+            "password": APP_SECRET,
+            # Airflow 3.3.2's connection list sends port 0 to test a connection that has no
+            # port, then refuses ("host or port differs from the stored connection").
+            # Storing the sandbox's port, which the URL already names, keeps Test working.
+            "port": int(port),
+        }
+        self.airflow("connections", "add", "feishu_hire_default", "--conn-json", json.dumps(conn))
+        output = log.open("wb") if log else None
+        self._airflow = subprocess.Popen(
+            [sys.executable, "-m", "airflow", "standalone"],
+            env=self.env,
+            stdout=output,
+            stderr=subprocess.STDOUT if output else None,
+            start_new_session=True,  # one signal stops the api-server, scheduler, dag-processor and triggerer
+        )
+        self._wait_until_healthy()
+
+    def _wait_until_healthy(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self._airflow is not None
+            if self._airflow.poll() is not None:
+                raise RuntimeError("airflow standalone exited during start-up")
+            try:
+                with urllib.request.urlopen(f"{self.url}/api/v2/monitor/health", timeout=2) as answer:
+                    health = json.loads(answer.read())
+                if all(part.get("status") == "healthy" for part in health.values()):
+                    return
+            except OSError:
+                pass
+            time.sleep(1)
+        raise RuntimeError(f"Airflow was not healthy at {self.url} within {timeout:.0f}s")
+
+    @property
+    def login(self) -> tuple[str, str]:
+        passwords = json.loads((self.home / "simple_auth_manager_passwords.json.generated").read_text())
+        return "admin", passwords["admin"]
+
+    def stop(self) -> None:
+        if self._airflow and self._airflow.poll() is None:
+            os.killpg(self._airflow.pid, signal.SIGTERM)
+            try:
+                self._airflow.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._airflow.pid, signal.SIGKILL)
+                self._airflow.wait()
+        if self._sandbox and self._sandbox.poll() is None:
+            self._sandbox.terminate()
+            self._sandbox.wait(timeout=10)
+
+
+def main() -> None:
+    local = LocalAirflow(
+        ROOT / ".airflow",
+        port=int(os.environ.get("AIRFLOW_PORT", "8080")),
+        sandbox_port=int(os.environ.get("FEISHU_SANDBOX_PORT", "8765")),
+    )
+    # A plain `kill` must stop Airflow's process group and the sandbox too, not orphan them.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        local.start(log=ROOT / ".airflow" / "standalone.log")
+        user, password = local.login
+        print(
+            f"\nAirflow is up: {local.url}  (login: {user} / {password})\n"
+            f"Feishu sandbox: {local.sandbox_url}  (feishu_hire_default points at it)\n"
+            f"Logs: {ROOT / '.airflow' / 'standalone.log'}\n"
+            "Trigger example_feishu_referral_payroll, or test feishu_hire_default under Admin > Connections.\n"
+            "Ctrl-C stops everything.",
+            flush=True,
+        )
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\nStopping Airflow and the sandbox...", flush=True)
+    finally:
+        local.stop()
+
+
+if __name__ == "__main__":
+    main()
