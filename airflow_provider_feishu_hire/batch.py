@@ -30,7 +30,14 @@ from typing import Any
 
 from airflow_provider_feishu_hire.client import FeishuClient
 from airflow_provider_feishu_hire.exceptions import FeishuAPIError
-from airflow_provider_feishu_hire.withdrawal import CASH, POINTS, describe_withdrawal, withdrawal_record
+from airflow_provider_feishu_hire.withdrawal import (
+    CASH,
+    POINTS,
+    describe_withdrawal,
+    file_safe,
+    format_money,
+    withdrawal_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +89,7 @@ class BatchSummary:
             "failed_permanent": self.failed_permanent,
             "failed_transient": self.failed_transient,
             "point_bonus": self.point_bonus,
-            "cash_bonus": {currency: f"{amount:.2f}" for currency, amount in sorted(self.cash_bonus.items())},
+            "cash_bonus": {currency: format_money(amount) for currency, amount in sorted(self.cash_bonus.items())},
             "failures": self.failures,
         }
 
@@ -94,6 +101,19 @@ def read_journal(path: Path) -> Iterator[dict[str, Any]]:
         for line in handle:
             if line.endswith("\n"):  # a line cut short by a killed worker is not a fact
                 yield json.loads(line)
+
+
+def journal_path(
+    results_dir: str | os.PathLike[str], *, dag_id: str, run_id: str, task_id: str, map_index: int = -1
+) -> Path:
+    """Where a task instance's journal lives: every try, and the payroll export, find the same file."""
+    name = f"{file_safe(dag_id)}__{file_safe(run_id)}__{file_safe(task_id)}"
+    return Path(results_dir) / (name + (f"__{map_index}" if map_index >= 0 else "") + ".jsonl")
+
+
+def settled_account_ids(path: str | os.PathLike[str]) -> set[str]:
+    """Accounts the journal shows as paid or as having had nothing to withdraw."""
+    return {line["referral_account_id"] for line in read_journal(Path(path)) if line["status"] in ("paid", "skipped")}
 
 
 def paid_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
@@ -110,6 +130,7 @@ class _Journal:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _drop_torn_tail(path)
         self._handle = path.open("a", encoding="utf-8")
         self._lock = threading.Lock()
 
@@ -126,6 +147,16 @@ class _Journal:
             self._handle.flush()
             os.fsync(self._handle.fileno())
             self._handle.close()
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a line a killed worker left half-written, so the next line does not run into it."""
+    if not path.exists():
+        return
+    with path.open("rb+") as handle:
+        data = handle.read()
+        if data and not data.endswith(b"\n"):
+            handle.truncate(data.rfind(b"\n") + 1)
 
 
 def _nothing_to_withdraw(account: dict[str, Any], bonus_types: Sequence[int]) -> bool:
@@ -156,12 +187,19 @@ def withdraw_batch(
     results_path: Path,
     check_balances: bool = False,
     max_workers: int = 4,
+    earlier_tries: bool = False,
 ) -> BatchSummary:
     """Withdraw every account once, carrying over what the journal says was already paid.
 
     Failures of one account never stop the others. Threads share the client, so they
-    share its token, its keep-alive connections and its rate limiters.
+    share its token, its keep-alive connections and its rate limiters. ``earlier_tries``
+    says an earlier try may have sent withdrawals: if its journal is gone (another
+    worker's disk), no account is skipped on a zero balance, since that zero may be
+    our own earlier payment.
     """
+    trust_balances = check_balances and not (earlier_tries and not results_path.exists())
+    if check_balances and not trust_balances:
+        log.warning("No journal from the earlier try at %s: withdrawing every account, skipping none", results_path)
     summary = BatchSummary(results_path=str(results_path))
     done: set[str] = set()  # paid by an earlier try of this task instance, or already queued now
     uncertain: set[str] = set()  # sent before without a known outcome: never skip on a zero balance
@@ -179,7 +217,7 @@ def withdraw_batch(
     def settle(account_id: str) -> tuple[str, dict[str, Any]]:
         order_id = order_id_for(account_id)
         try:
-            if check_balances and account_id not in uncertain:
+            if trust_balances and account_id not in uncertain:
                 account = client.get_account_assets(account_id).get("account") or {}
                 if account.get("status") == 2:
                     return "failed", _failure(
@@ -194,9 +232,13 @@ def withdraw_batch(
                 durable=check_balances,
             )
             data = client.withdraw_referral_account(account_id, bonus_types, order_id)
+            record = withdrawal_record(account_id, data)
         except FeishuAPIError as err:
             return "failed", _failure(account_id, order_id, err)
-        record = withdrawal_record(account_id, data)
+        except Exception as exc:  # anything else still settles this account, as "unknown, retry"
+            return "failed", _failure(
+                account_id, order_id, FeishuAPIError(f"{type(exc).__name__}: {exc}", retryable=True)
+            )
         return "paid", {"referral_account_id": account_id, "status": "paid", "record": record}
 
     def settled(future: Future[tuple[str, dict[str, Any]]]) -> None:

@@ -21,7 +21,7 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from airflow_provider_feishu_hire.exceptions import PERMANENT_CODES, TRANSIENT_CODES, FeishuAPIError
+from airflow_provider_feishu_hire.exceptions import PERMANENT_CODES, TOKEN_CODES, TRANSIENT_CODES, FeishuAPIError
 from airflow_provider_feishu_hire.withdrawal import (
     check_external_order_id,
     check_referral_account_id,
@@ -95,17 +95,19 @@ class RetryPolicy:
 
 
 class RateLimiter:
-    """Spaces calls at least ``period / limit`` seconds apart, across every thread that shares it.
+    """Spaces calls evenly so that any ``limit`` consecutive calls span more than ``period`` seconds.
 
     Pacing evenly (rather than bursting a window's worth, then waiting) keeps us under
-    Feishu's limit whether its gateway counts in fixed or sliding windows. ``margin``
-    leaves room for the jitter between our clock and the moment a call reaches Feishu.
+    Feishu's limit whether its gateway counts in fixed or sliding windows. The span is
+    stretched by a slack of 1% of the period but at least 50 ms: the jitter between
+    leaving here and arriving there would otherwise let a late call and an on-time one
+    land in the same window. Shared by every thread that holds it.
     """
 
-    def __init__(self, limit: float, period: float, margin: float = 0.01) -> None:
+    def __init__(self, limit: float, period: float) -> None:
         if limit <= 0 or period <= 0:
             raise ValueError("a rate limit needs a positive number of calls per positive period")
-        self.interval = period / limit * (1 + margin)
+        self.interval = (period + max(period * 0.01, 0.05)) / limit
         self._next = 0.0
         self._lock = threading.Lock()
 
@@ -140,6 +142,7 @@ def parse_envelope(response: requests.Response) -> dict[str, Any]:
             http_status=status,
             log_id=log_id,
             retryable=status >= 500 or status == 429,
+            retry_after=_reset_seconds(headers) if status == 429 else None,
         )
     code = body["code"]
     if code == 0 and status < 400:
@@ -153,7 +156,12 @@ def parse_envelope(response: requests.Response) -> dict[str, Any]:
         code=code,
         http_status=status,
         log_id=log_id,
-        retryable=code in TRANSIENT_CODES or status == 429 or (status >= 500 and code not in PERMANENT_CODES),
+        # Token errors count as retryable for the caller (a new process gets a new token);
+        # inside one call the client replays them once, and only once.
+        retryable=code in TRANSIENT_CODES
+        or code in TOKEN_CODES
+        or status == 429
+        or (status >= 500 and code not in PERMANENT_CODES),
         retry_after=_reset_seconds(headers) if rate_limited else None,
     )
 
@@ -281,14 +289,22 @@ class FeishuClient:
             "withdraw_bonus_type": check_withdraw_bonus_type(withdraw_bonus_type),
             "external_order_id": check_external_order_id(external_order_id),
         }
+        context = f"withdrawing referral account {account_id} (external_order_id {body['external_order_id']})"
         answer = self._call(
             "POST",
             WITHDRAW_PATH.format(quote(account_id, safe="")),
-            context=f"withdrawing referral account {account_id} (external_order_id {body['external_order_id']})",
+            context=context,
             json=body,
             limiter=self.withdraw_limiter,
         )
-        return dict(answer.get("data") or {})
+        data = answer.get("data")
+        if not isinstance(data, dict) or str(data.get("external_order_id")) != body["external_order_id"]:
+            # Success without the withdrawal we asked for: money may have moved, so this is
+            # retryable (the same order id replays), never a silent empty record.
+            raise FeishuAPIError(
+                "success answer without this withdrawal's external_order_id", retryable=True, context=context
+            )
+        return data
 
     def get_account_assets(self, referral_account_id: object) -> dict[str, Any]:
         """Balance and status of one referral account: the answer's ``data``."""
@@ -350,7 +366,7 @@ class FeishuClient:
                 time.sleep(delay)
 
     def _retry_delay(self, err: FeishuAPIError, attempt: int, deadline: float) -> float | None:
-        if not err.retryable or attempt >= self.retry.max_attempts:
+        if not err.retryable or err.is_token_error or attempt >= self.retry.max_attempts:
             return None
         delay = err.retry_after if err.retry_after is not None else self.retry.backoff(attempt)
         if time.monotonic() + delay > deadline:
@@ -368,7 +384,15 @@ class FeishuClient:
     ) -> dict[str, Any]:
         try:
             response = self._session.request(
-                method, self.base_url + path, json=json, params=params, headers=headers, timeout=self.timeout
+                method,
+                self.base_url + path,
+                json=json,
+                params=params,
+                headers=headers,
+                timeout=self.timeout,
+                # A 307/308 would resend the body (the App Secret, on the token call) to
+                # wherever it points, https or not. Feishu's API does not redirect.
+                allow_redirects=False,
             )
         except requests.Timeout:
             raise FeishuAPIError(f"no answer from {self.base_url} within {self.timeout:g}s", retryable=True) from None

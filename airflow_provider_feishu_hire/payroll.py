@@ -15,7 +15,7 @@ from typing import Any
 
 import pendulum
 
-from airflow_provider_feishu_hire.withdrawal import file_safe
+from airflow_provider_feishu_hire.withdrawal import file_safe, format_money
 
 COLUMNS = ("referral_account_id", "external_order_id", "trans_time", "bonus_type", "currency", "amount")
 
@@ -30,7 +30,8 @@ def trans_time_iso(trans_time: str | int) -> str:
 def payroll_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
     """One row per non-zero paid item, in a stable order so that re-exports are byte-identical.
 
-    Points are whole numbers; cash keeps its decimal amount exactly (no float on the way).
+    Points are whole numbers; cash keeps its decimal amount exactly (no float on the way,
+    at least two places, never rounded).
     """
     rows = []
     for record in records:
@@ -51,7 +52,7 @@ def payroll_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
                         **base,
                         "bonus_type": "cash",
                         "currency": str(cash["currency_type"]),
-                        "amount": f"{amount:.2f}",
+                        "amount": format_money(amount),
                     }
                 )
     return sorted(rows, key=lambda r: tuple(r[c] for c in COLUMNS))

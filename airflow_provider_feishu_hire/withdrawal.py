@@ -98,7 +98,8 @@ def file_safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", text)
 
 
-def _money(amount: object) -> str:
+def format_money(amount: object) -> str:
+    """Decimal money as text with at least two places ("7.00", "0.105"): padded, never rounded."""
     value = Decimal(str(amount))
     # Pad to cents, but never round: a third decimal from Feishu is kept, not lost.
     return format(value.quantize(_CENT) if value.as_tuple().exponent > -2 else value, "f")  # type: ignore[operator]
@@ -118,7 +119,7 @@ def withdrawal_record(referral_account_id: str, data: Mapping[str, Any]) -> dict
         "withdrawal_details": {
             "point_bonus": int(details.get("point_bonus") or 0),
             "cash_bonus": [
-                {"currency_type": str(item.get("currency_type", "")), "amount": _money(item.get("amount", 0))}
+                {"currency_type": str(item.get("currency_type", "")), "amount": format_money(item.get("amount", 0))}
                 for item in details.get("cash_bonus") or []
             ],
         },

@@ -15,14 +15,16 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import Param, dag, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_feishu_hire.operators.referral_account import ReferralBatchWithdrawOperator
 
+DAG_ID = "example_feishu_referral_batch_payroll"
 WORK_DIR = os.path.join(tempfile.gettempdir(), "feishu_referral_payroll")
 
 
 @dag(
-    dag_id="example_feishu_referral_batch_payroll",
+    dag_id=DAG_ID,
     schedule=None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
@@ -45,15 +47,22 @@ def example_feishu_referral_batch_payroll() -> None:
         check_balances=True,
     )
 
-    @task
-    def export_payroll(summary: dict[str, Any], params: dict[str, Any] | None = None, run_id: str | None = None) -> str:
-        from airflow_provider_feishu_hire.batch import paid_records
+    @task(trigger_rule="all_done")
+    def export_payroll(params: dict[str, Any] | None = None, run_id: str | None = None) -> str:
+        """Reads the batch's journal, not its XCom: a batch that failed for one account pushed no
+        summary, yet everyone it paid must reach payroll. Then fails naming who was not paid."""
+        from airflow_provider_feishu_hire.batch import journal_path, paid_records, settled_account_ids
         from airflow_provider_feishu_hire.payroll import write_payroll_csv
 
         assert params is not None and run_id is not None
-        return str(write_payroll_csv(paid_records(summary["results_path"]), params["output_dir"], run_id))
+        journal = journal_path(params["results_dir"], dag_id=DAG_ID, run_id=run_id, task_id=withdrawals.task_id)
+        path = write_payroll_csv(paid_records(journal), params["output_dir"], run_id)
+        missing = sorted(set(map(str, params["referral_account_ids"])) - settled_account_ids(journal))
+        if missing:
+            raise AirflowFailException(f"{path} holds everyone paid, but {len(missing)} accounts were not: {missing}")
+        return str(path)
 
-    export_payroll(withdrawals.output)
+    withdrawals >> export_payroll()
 
 
 example_feishu_referral_batch_payroll()

@@ -13,6 +13,7 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import Param, dag, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_feishu_hire.operators.referral_account import ReferralWithdrawOperator
 
@@ -56,15 +57,23 @@ def example_feishu_referral_payroll() -> None:
         referral_account_id=referral_account_ids()
     )
 
-    @task
+    @task(trigger_rule="all_done")
     def export_payroll(
         withdrawals: list[dict[str, Any]], params: dict[str, Any] | None = None, run_id: str | None = None
     ) -> str:
+        """Runs even when some accounts failed, so everyone who was paid reaches payroll; then fails
+        naming the accounts that were not, so the run does not look complete."""
         from airflow_provider_feishu_hire.payroll import write_payroll_csv
 
         assert params is not None and run_id is not None
-        # A slice fetches every mapped result in one request; iterating asks one by one.
-        return str(write_payroll_csv(withdrawals[:], params["output_dir"], run_id))
+        # A slice fetches every mapped result in one request (iterating asks one by one);
+        # a failed account has no result.
+        records = withdrawals[:]
+        path = write_payroll_csv(records, params["output_dir"], run_id)
+        missing = sorted(set(map(str, params["referral_account_ids"])) - {r["referral_account_id"] for r in records})
+        if missing:
+            raise AirflowFailException(f"{path} holds everyone paid, but {len(missing)} accounts were not: {missing}")
+        return str(path)
 
     export_payroll(withdrawals.output)
 

@@ -179,3 +179,28 @@ def test_account_id_lists_from_templates_and_xcom(value: object, expected: list[
 def test_a_bad_id_anywhere_in_the_batch_is_named_before_anything_is_sent() -> None:
     with pytest.raises(ValueError, match=r"referral_account_ids\[2\]"):
         check_referral_account_ids(["7001", "7002", "70/03"])
+
+
+def test_a_half_written_last_line_does_not_corrupt_the_journal(tmp_path: Path) -> None:
+    everyone = accounts(3)
+    journal = tmp_path / "j.jsonl"
+    journal.write_text('{"referral_account_id": "71000000000000000', encoding="utf-8")  # killed mid-write
+    with FeishuSandbox(everyone, rate_limits=False) as sandbox, client_for(sandbox) as client:
+        summary = batch(client, [a.account_id for a in everyone], journal)
+    assert summary.paid == 3
+    assert len(list(paid_records(journal))) == 3
+
+
+def test_a_retry_that_lost_the_journal_skips_no_zero_balance(tmp_path: Path) -> None:
+    """Try 1 paid on another worker whose disk is gone: a zero balance now may be our own payment."""
+    (account,) = accounts(1, start=4)
+    with FeishuSandbox([account], rate_limits=False) as sandbox:
+        with client_for(sandbox) as client:
+            batch(client, [account.account_id], tmp_path / "other-worker.jsonl")
+        journal = tmp_path / "this-worker.jsonl"
+        with client_for(sandbox) as client:
+            summary = batch(client, [account.account_id], journal, check_balances=True, earlier_tries=True)
+        assert len(sandbox.state()["ledger"]) == 1
+    assert (summary.paid, summary.skipped) == (1, 0)
+    (record,) = paid_records(journal)
+    assert record["withdrawal_details"]["point_bonus"] == account.point_bonus

@@ -184,3 +184,37 @@ def test_unreachable_host_is_a_retryable_error_naming_the_host() -> None:
         client.get_tenant_access_token()
     assert caught.value.retryable and caught.value.code is None
     assert "http://127.0.0.1:9" in str(caught.value)
+
+
+def test_a_redirect_is_never_followed_with_the_secret() -> None:
+    """A 307 would make requests resend the token request's body, App Secret included, to its target."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+
+    class Redirecting(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append(self.path)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(307)
+            self.send_header("Location", "/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with (
+            FeishuClient(DEFAULT_APP_ID, DEFAULT_APP_SECRET, url, retry=FAST_RETRY) as client,
+            pytest.raises(FeishuAPIError) as caught,
+        ):
+            client.get_tenant_access_token()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == ["/open-apis/auth/v3/tenant_access_token/internal"]  # once, and never /elsewhere
+    assert caught.value.http_status == 307 and not caught.value.retryable

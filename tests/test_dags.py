@@ -141,16 +141,37 @@ def test_operator_templates_bonus_types_mapping_and_xcom(runner: AirflowRunner, 
         assert_no_secret(sandbox, logs_of(runner, done) + rendered + xcoms)
 
 
-def test_permanent_error_fails_the_task_without_airflow_retries(runner: AirflowRunner) -> None:
-    with FeishuSandbox(demo_accounts(), rate_limits=False) as sandbox:
-        done = run(runner, sandbox, "feishu_permanent_failure", {"account": "7001000000000000009"})
-        assert sandbox.requests["withdraw"] == 1
-    assert "1002555" in done.stdout + done.stderr
-    (row,) = runner.query(
-        "SELECT state, try_number FROM task_instance WHERE dag_id = ? ORDER BY start_date DESC LIMIT 1",
-        "feishu_permanent_failure",
+def ti_states(runner: AirflowRunner, dag_id: str) -> dict[tuple[str, int], tuple[str, int]]:
+    (run_id,) = runner.query("SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", dag_id)[0]
+    rows = runner.query(
+        "SELECT task_id, map_index, state, try_number FROM task_instance WHERE dag_id = ? AND run_id = ?",
+        dag_id,
+        run_id,
     )
-    assert row == ("failed", 1)
+    return {(task, index): (state, tries) for task, index, state, tries in rows}
+
+
+def test_a_deactivated_account_fails_alone_and_the_others_still_reach_payroll(
+    runner: AirflowRunner, tmp_path: Path
+) -> None:
+    ids = ["7001000000000000001", "7001000000000000009"]  # the second is deactivated
+    with FeishuSandbox(demo_accounts(), rate_limits=False) as sandbox:
+        done = run(
+            runner,
+            sandbox,
+            "example_feishu_referral_payroll",
+            {"referral_account_ids": ids, "output_dir": str(tmp_path)},
+        )
+        assert sandbox.requests["withdraw"] == 2  # the deactivated account was not retried
+        ledger = sandbox.state()["ledger"]
+    assert done.returncode != 0 and "1002555" in done.stdout + done.stderr
+    states = ti_states(runner, "example_feishu_referral_payroll")
+    assert states[("withdraw_referral_account", 0)] == ("success", 1)
+    assert states[("withdraw_referral_account", 1)] == ("failed", 1)  # AirflowFailException: no retries
+    assert states[("export_payroll", -1)][0] == "failed"  # wrote the payroll, then said who is missing
+    (csv_path,) = tmp_path.glob("payroll_*.csv")
+    assert {key[0] for key in payroll_totals(csv_path)} == {"7001000000000000001"}
+    assert [e["referral_account_id"] for e in ledger] == ["7001000000000000001"]
 
 
 @pytest.fixture
@@ -176,7 +197,7 @@ def test_mapped_payroll_under_faults_pays_every_account_exactly_once(
         sandbox.inject("http_500", times=3)
         sandbox.inject("drop_after_commit", times=2)
         sandbox.inject("slow", seconds=1.0)
-        sandbox.inject("html_502")
+        sandbox.inject("html_page")
         sandbox.inject("revoke_token", status=200)
         sandbox.inject("rate_limit", seconds=1)
         sandbox.inject("http_500", endpoint="token")
@@ -223,19 +244,25 @@ def test_batch_example_pays_everyone_once_skips_empty_accounts_and_exports(
     assert payroll_totals(csv_path) == balances(accounts)
 
 
-def test_batch_pays_the_others_then_fails_without_retry_on_a_bad_account(runner: AirflowRunner, tmp_path: Path) -> None:
+def test_batch_pays_the_others_exports_them_then_fails_without_retry_on_a_bad_account(
+    runner: AirflowRunner, tmp_path: Path
+) -> None:
     good = ["7001000000000000001", "7001000000000000002", "7001000000000000003"]
-    conf = {"accounts": ",".join([good[0], "7001000000000000009", *good[1:]]), "results_dir": str(tmp_path)}
+    conf = {
+        "referral_account_ids": [good[0], "7001000000000000009", *good[1:]],
+        "output_dir": str(tmp_path / "out"),
+        "results_dir": str(tmp_path / "journals"),
+    }
     with FeishuSandbox(demo_accounts(), rate_limits=False) as sandbox:
-        done = run(runner, sandbox, "feishu_batch_with_a_bad_account", conf)
+        done = run(runner, sandbox, "example_feishu_referral_batch_payroll", conf)
         ledger = sandbox.state()["ledger"]
     assert done.returncode != 0
     assert sorted(e["referral_account_id"] for e in ledger) == good
     assert "1 referral accounts failed permanently" in done.stdout + done.stderr
-    (row,) = runner.query(
-        "SELECT state, try_number FROM task_instance WHERE dag_id = ? ORDER BY start_date DESC LIMIT 1",
-        "feishu_batch_with_a_bad_account",
-    )
-    assert row == ("failed", 1)
-    (journal,) = tmp_path.glob("*.jsonl")
+    states = ti_states(runner, "example_feishu_referral_batch_payroll")
+    assert states[("withdraw_referral_accounts", -1)] == ("failed", 1)
+    assert states[("export_payroll", -1)][0] == "failed"
+    (csv_path,) = (tmp_path / "out").glob("payroll_*.csv")
+    assert {key[0] for key in payroll_totals(csv_path)} == set(good)
+    (journal,) = (tmp_path / "journals").glob("*.jsonl")
     assert any('"code":1002555' in line for line in journal.read_text().splitlines())

@@ -62,14 +62,24 @@ def test_re_export_of_the_same_run_writes_identical_bytes(tmp_path: Path) -> Non
     assert sorted(os.listdir(tmp_path)) == ["payroll_manual__2026-11-25T10_00_00_00_00.csv"]  # no temp files left
 
 
-def test_a_failed_write_leaves_the_previous_file_whole(tmp_path: Path) -> None:
+def test_a_failed_write_leaves_the_previous_file_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_payroll_csv(RECORDS, tmp_path, RUN_ID)
     before = path.read_bytes()
-    broken = [{**RECORDS[0], "trans_time": "not-a-time"}]
-    with pytest.raises(ValueError):
-        write_payroll_csv(broken, tmp_path, RUN_ID)
+
+    def disk_full(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)  # the rename, after the rows were written
+    with pytest.raises(OSError):
+        write_payroll_csv(RECORDS[:1], tmp_path, RUN_ID)
     assert path.read_bytes() == before
-    assert os.listdir(tmp_path) == [path.name]
+    assert os.listdir(tmp_path) == [path.name]  # the temporary file is gone too
+
+
+def test_cash_with_more_than_two_places_is_never_rounded(tmp_path: Path) -> None:
+    record = {**RECORDS[0], "withdrawal_details": {"cash_bonus": [{"currency_type": "CNY", "amount": "0.105"}]}}
+    (row,) = read(write_payroll_csv([record], tmp_path, RUN_ID))
+    assert row["amount"] == "0.105"
 
 
 def test_empty_output_dir_is_refused() -> None:

@@ -8,7 +8,6 @@ with it ``requests``, is imported when a task runs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -23,7 +22,6 @@ from airflow_provider_feishu_hire.withdrawal import (
     check_withdraw_bonus_type,
     derive_external_order_id,
     describe_withdrawal,
-    file_safe,
     withdrawal_record,
 )
 
@@ -71,8 +69,15 @@ class ReferralWithdrawOperator(BaseOperator):
         """Label each mapped instance by its account id unless the DAG names another template.
 
         Airflow takes the label template from ``partial()``, not from the unmapped
-        operator's ``__init__``, so the default has to be set here.
+        operator's ``__init__``, so the default has to be set here. An order id in
+        ``partial()`` would be shared by every mapped account, and Feishu would answer
+        the second account with the first one's withdrawal: refused.
         """
+        if kwargs.get("external_order_id") is not None:
+            raise ValueError(
+                "external_order_id in partial() would be shared by every mapped account; "
+                "expand it together with referral_account_id, or leave it out to derive one per account"
+            )
         kwargs.setdefault("map_index_template", "{{ task.referral_account_id }}")
         return super().partial(**kwargs)
 
@@ -148,16 +153,20 @@ class ReferralBatchWithdrawOperator(BaseOperator):
         self.feishu_hire_conn_id = feishu_hire_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_provider_feishu_hire.batch import withdraw_batch
+        from airflow_provider_feishu_hire.batch import journal_path, withdraw_batch
         from airflow_provider_feishu_hire.hooks.feishu_hire import FeishuHireHook
 
         account_ids = check_referral_account_ids(self.referral_account_ids)
         bonus_types = check_withdraw_bonus_type(self.withdraw_bonus_type)
         if not str(self.results_dir or "").strip():
             raise ValueError("results_dir is empty: name a folder every worker can reach")
-        map_index = _map_index(context)
-        name = f"{file_safe(self.dag_id)}__{file_safe(context['run_id'])}__{file_safe(self.task_id)}"
-        results_path = Path(self.results_dir) / (name + (f"__{map_index}" if map_index >= 0 else "") + ".jsonl")
+        results_path = journal_path(
+            self.results_dir,
+            dag_id=self.dag_id,
+            run_id=context["run_id"],
+            task_id=self.task_id,
+            map_index=_map_index(context),
+        )
 
         hook = FeishuHireHook(
             feishu_hire_conn_id=self.feishu_hire_conn_id,
@@ -174,6 +183,7 @@ class ReferralBatchWithdrawOperator(BaseOperator):
             results_path=results_path,
             check_balances=self.check_balances,
             max_workers=self.max_workers,
+            earlier_tries=context["ti"].try_number > 1,
         )
         result = summary.as_xcom()
         self.log.info(

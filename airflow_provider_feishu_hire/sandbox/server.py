@@ -30,7 +30,8 @@ DEFAULT_APP_SECRET = "sandbox-app-secret-not-for-production"
 TOKEN_LIFETIME = 7200
 TOKEN_REUSE_WINDOW = 1800  # Feishu hands back the same token while more than 30 minutes are left
 REFERRAL_SCOPE = "hire:referral_account"
-FAULT_KINDS = ("http_500", "rate_limit", "html_502", "drop_after_commit", "slow", "revoke_token")
+FAULT_KINDS = ("http_500", "rate_limit", "html_page", "drop_after_commit", "slow", "revoke_token")
+_DEFAULT_STATUS = {"rate_limit": 429, "html_page": 502, "revoke_token": 400}
 ENDPOINTS = ("token", "withdraw", "assets", "any")
 
 _WITHDRAW = re.compile(r"^/open-apis/hire/v1/referral_account/([^/]+)/withdraw$")
@@ -70,15 +71,17 @@ class Account:
 class Fault:
     """The next ``times`` requests to ``endpoint`` go wrong in the way ``kind`` names.
 
-    ``seconds`` is the delay of ``slow`` and the reset of ``rate_limit``; ``status`` overrides
-    the HTTP status of ``revoke_token`` (Feishu has answered token errors with 200 and 400).
+    ``seconds`` is the delay of ``slow`` and the ``x-ogw-ratelimit-reset`` of ``rate_limit``
+    and of a 429 ``html_page``. ``status`` is the HTTP status of ``rate_limit`` (429; older
+    Feishu APIs answered 400), of ``html_page`` (a gateway's HTML page, 502) and of the
+    token error after ``revoke_token`` (400; Feishu has also answered 200).
     """
 
     kind: str
     endpoint: str = "withdraw"
     times: int = 1
     seconds: float = 1.0
-    status: int = 400
+    status: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -368,11 +371,13 @@ class _Handler(BaseHTTPRequestHandler):
         fault = self.sandbox.take_fault(endpoint)
         if fault and fault.kind == "http_500":
             return self._reply(500, {"code": 1002001, "msg": "system error"})
-        if fault and fault.kind == "html_502":
-            page = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
-            return self._send(502, page, "text/html")
+        status = fault.status or _DEFAULT_STATUS.get(fault.kind, 0) if fault else 0
+        if fault and fault.kind == "html_page":
+            page = f"<html><head><title>{status}</title></head><body><h1>{status} from the gateway</h1></body></html>"
+            reset = {"x-ogw-ratelimit-reset": str(math.ceil(fault.seconds))} if status == 429 else {}
+            return self._send(status, page.encode(), "text/html", reset)
         if fault and fault.kind == "rate_limit":
-            return self._rate_limited(fault.seconds)
+            return self._rate_limited(fault.seconds, status)
         if fault and fault.kind == "slow":
             time.sleep(fault.seconds)
         if fault and fault.kind == "revoke_token":
@@ -385,13 +390,13 @@ class _Handler(BaseHTTPRequestHandler):
             body = None
         if not isinstance(body, dict):
             return self._reply(400, {"code": 1002002, "msg": "param error: body is not a JSON object"})
-        status, answer = self._answer(endpoint, url, body)
+        answer_status, answer = self._answer(endpoint, url, body)
         if fault and fault.kind == "revoke_token" and answer.get("code") == 99991663:
-            status = fault.status
+            answer_status = status
         if fault and fault.kind == "drop_after_commit":
             self.close_connection = True  # committed; the caller never hears of it
             return None
-        return self._reply(status, answer)
+        return self._reply(answer_status, answer)
 
     def _endpoint(self, method: str, path: str) -> str | None:
         if method == "POST" and path == _TOKEN:
@@ -429,11 +434,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(200, {"code": 0, "msg": "ok"})
         return self._send(404, b"404 page not found", "text/plain")
 
-    def _rate_limited(self, wait: float) -> None:
+    def _rate_limited(self, wait: float, status: int = 429) -> None:
         headers = {"x-ogw-ratelimit-reset": str(max(1, math.ceil(wait)))}
         with self.sandbox.lock:
             self.sandbox.requests["rate_limited"] += 1
-        return self._reply(429, {"code": 99991400, "msg": "request trigger frequency limit"}, headers)
+        return self._reply(status, {"code": 99991400, "msg": "request trigger frequency limit"}, headers)
 
     def _reply(self, status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> None:
         self._send(status, _json_bytes(payload), "application/json; charset=utf-8", headers)

@@ -1,4 +1,4 @@
-"""DAGs used by tests/test_dags.py: the operators templated, restricted to points, mapped, failing for good."""
+"""DAG used by tests/test_dags.py: the operator templated, restricted to points, and mapped."""
 
 from __future__ import annotations
 
@@ -9,10 +9,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import dag, task
 
-from airflow_provider_feishu_hire.operators.referral_account import (
-    ReferralBatchWithdrawOperator,
-    ReferralWithdrawOperator,
-)
+from airflow_provider_feishu_hire.operators.referral_account import ReferralWithdrawOperator
 
 
 @dag(
@@ -44,33 +41,4 @@ def feishu_operator_checks() -> None:
     record(points_only.output, mapped.output)
 
 
-@dag(
-    dag_id="feishu_permanent_failure",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    params={"account": ""},
-    default_args={"retries": 3},
-)
-def feishu_permanent_failure() -> None:
-    ReferralWithdrawOperator(task_id="withdraw_deactivated", referral_account_id="{{ params.account }}")
-
-
-@dag(
-    dag_id="feishu_batch_with_a_bad_account",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    params={"accounts": "", "results_dir": ""},
-    default_args={"retries": 3},
-)
-def feishu_batch_with_a_bad_account() -> None:
-    ReferralBatchWithdrawOperator(
-        task_id="batch",
-        referral_account_ids="{{ params.accounts }}",
-        results_dir="{{ params.results_dir }}",
-        max_workers=2,
-    )
-
-
 feishu_operator_checks()
-feishu_permanent_failure()
-feishu_batch_with_a_bad_account()

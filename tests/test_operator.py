@@ -1,0 +1,37 @@
+"""Operator construction: what a DAG author gets wrong is refused when the DAG file is parsed."""
+
+from __future__ import annotations
+
+import pendulum
+import pytest
+from airflow.sdk import DAG
+
+from airflow_provider_feishu_hire.operators.referral_account import (
+    ReferralBatchWithdrawOperator,
+    ReferralWithdrawOperator,
+)
+
+
+def test_mapped_withdrawals_cannot_share_one_order_id() -> None:
+    with (
+        DAG("shared_order_id", schedule=None, start_date=pendulum.datetime(2026, 1, 1)),
+        pytest.raises(ValueError, match="external_order_id"),
+    ):
+        ReferralWithdrawOperator.partial(task_id="withdraw", external_order_id="1").expand(
+            referral_account_id=["7001", "7002"]
+        )
+
+
+def test_mapped_withdrawals_are_labelled_by_account_id() -> None:
+    with DAG("labels", schedule=None, start_date=pendulum.datetime(2026, 1, 1)):
+        mapped = ReferralWithdrawOperator.partial(task_id="withdraw").expand(referral_account_id=["7001"])
+        relabelled = ReferralWithdrawOperator.partial(task_id="withdraw2", map_index_template="{{ 1 }}").expand(
+            referral_account_id=["7001"]
+        )
+    assert mapped.map_index_template == "{{ task.referral_account_id }}"
+    assert relabelled.map_index_template == "{{ 1 }}"
+
+
+def test_a_batch_needs_at_least_one_worker() -> None:
+    with pytest.raises(ValueError, match="max_workers"):
+        ReferralBatchWithdrawOperator(task_id="b", referral_account_ids=["7001"], results_dir="/tmp", max_workers=0)
