@@ -112,16 +112,37 @@ class LocalAirflow:
         return "admin", passwords["admin"]
 
     def stop(self) -> None:
-        if self._airflow and self._airflow.poll() is None:
-            os.killpg(self._airflow.pid, signal.SIGTERM)
-            try:
-                self._airflow.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._airflow.pid, signal.SIGKILL)
-                self._airflow.wait()
+        if self._airflow:
+            _stop_group(self._airflow)
         if self._sandbox and self._sandbox.poll() is None:
             self._sandbox.terminate()
             self._sandbox.wait(timeout=10)
+
+
+def _stop_group(leader: subprocess.Popen[bytes], grace: float = 30) -> None:
+    """SIGTERM the whole process group, wait until every member is gone, then SIGKILL what is left.
+
+    Waiting for `airflow standalone` alone is not enough: its scheduler can outlive it
+    and keep a test run's output open.
+    """
+
+    def group_alive() -> bool:
+        leader.poll()  # reap the leader, or it counts as a member forever
+        try:
+            os.killpg(leader.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    if not group_alive():
+        return
+    os.killpg(leader.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while group_alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if group_alive():
+        os.killpg(leader.pid, signal.SIGKILL)
+    leader.wait()
 
 
 def main() -> None:
