@@ -21,7 +21,13 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from airflow_provider_feishu_hire.exceptions import PERMANENT_CODES, TOKEN_CODES, TRANSIENT_CODES, FeishuAPIError
+from airflow_provider_feishu_hire.exceptions import (
+    PERMANENT_CODES,
+    RATE_LIMIT_CODE,
+    TOKEN_CODES,
+    TRANSIENT_CODES,
+    FeishuAPIError,
+)
 from airflow_provider_feishu_hire.withdrawal import (
     check_external_order_id,
     check_referral_account_id,
@@ -150,7 +156,7 @@ def parse_envelope(response: requests.Response) -> dict[str, Any]:
     error = body.get("error")
     if not log_id and isinstance(error, dict):
         log_id = error.get("log_id")
-    rate_limited = code == 99991400 or status == 429
+    rate_limited = code == RATE_LIMIT_CODE or status == 429
     raise FeishuAPIError(
         str(body.get("msg") or "no message"),
         code=code,
