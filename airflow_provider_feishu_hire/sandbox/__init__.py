@@ -6,9 +6,23 @@
 from airflow_provider_feishu_hire.sandbox.server import (
     DEFAULT_APP_ID,
     DEFAULT_APP_SECRET,
+    FAULT_KINDS,
+    MALFORMED_VARIANTS,
     Account,
+    Fault,
     FeishuSandbox,
+    UnknownAccount,
     demo_accounts,
 )
 
-__all__ = ["DEFAULT_APP_ID", "DEFAULT_APP_SECRET", "Account", "FeishuSandbox", "demo_accounts"]
+__all__ = [
+    "DEFAULT_APP_ID",
+    "DEFAULT_APP_SECRET",
+    "FAULT_KINDS",
+    "MALFORMED_VARIANTS",
+    "Account",
+    "Fault",
+    "FeishuSandbox",
+    "UnknownAccount",
+    "demo_accounts",
+]

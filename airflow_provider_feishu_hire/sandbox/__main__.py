@@ -1,4 +1,4 @@
-"""``python -m airflow_provider_feishu_hire.sandbox [--port 8765] [--accounts accounts.json]``."""
+"""``python -m airflow_provider_feishu_hire.sandbox [--port 8765] [--accounts accounts.json]``; see ``--help``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 from airflow_provider_feishu_hire.sandbox.server import (
     DEFAULT_APP_ID,
     DEFAULT_APP_SECRET,
+    EMPTY_WITHDRAWAL_MODES,
+    REPLAY_AFTER_DEACTIVATE_MODES,
     Account,
     FeishuSandbox,
     demo_accounts,
@@ -20,8 +22,11 @@ from airflow_provider_feishu_hire.sandbox.server import (
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m airflow_provider_feishu_hire.sandbox",
-        description="A local Feishu Hire for tests and demos. Faults: POST /_sandbox/faults; "
-        "state: GET /_sandbox/state.",
+        description="A local Feishu Hire for tests and demos. Control endpoints (JSON bodies): "
+        'POST /_sandbox/faults {"kind", "endpoint", "times", "seconds", "status", "variant"}; '
+        'POST /_sandbox/credit {"account_id", "point_bonus", "cash_bonus": [{"currency_type", "amount"}]}; '
+        'POST /_sandbox/deactivate and POST /_sandbox/enable {"account_id"}; '
+        "POST /_sandbox/revoke_tokens; GET /_sandbox/state.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="a loopback address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port (default 8765)")
@@ -38,6 +43,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-rate-limits", action="store_true", help="lift Feishu's published rate limits")
     parser.add_argument("--withdraw-per-minute", type=int, default=100)
     parser.add_argument("--assets-per-second", type=int, default=10)
+    parser.add_argument(
+        "--empty-withdrawal",
+        choices=EMPTY_WITHDRAWAL_MODES,
+        default="zeros",
+        help="withdrawing a zero balance: succeed with zeros and record the order (default), "
+        "or refuse with HTTP 400 code 1002556 and record nothing",
+    )
+    parser.add_argument(
+        "--replay-after-deactivate",
+        choices=REPLAY_AFTER_DEACTIVATE_MODES,
+        default="original",
+        help="a repeated external_order_id whose account was deactivated since: answer the original "
+        "details (default), or HTTP 400 code 1002555",
+    )
     args = parser.parse_args(argv)
 
     accounts = (
@@ -56,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
             withdraw_limit=(args.withdraw_per_minute, 60.0),
             assets_limit=(args.assets_per_second, 1.0),
             tls=(args.tls_cert, args.tls_key) if args.tls_cert else None,
+            empty_withdrawal=args.empty_withdrawal,
+            replay_after_deactivate=args.replay_after_deactivate,
         )
     except (ValueError, OSError) as exc:
         sys.exit(f"feishu sandbox: {exc}")

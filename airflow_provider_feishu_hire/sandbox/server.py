@@ -4,6 +4,10 @@ It follows the public API reference (envelopes, codes with their HTTP statuses,
 ``X-Tt-Logid``, rate-limit headers) and deliberately shares no code with the client, so
 that the client's tests are tests against the API's shape, not against itself.
 It binds to loopback only.
+
+Where Feishu's documentation is silent (withdrawing an empty balance, replaying an order
+whose account was deactivated since), the sandbox offers each plausible behaviour behind
+a switch, so the client can be tested against all of them rather than against a guess.
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import Any
+from typing import Any, Literal, get_args
 from urllib.parse import parse_qs, urlsplit
 
 DEFAULT_APP_ID = "cli_sandbox_app"
@@ -30,15 +34,29 @@ DEFAULT_APP_SECRET = "sandbox-app-secret-not-for-production"
 TOKEN_LIFETIME = 7200
 TOKEN_REUSE_WINDOW = 1800  # Feishu hands back the same token while more than 30 minutes are left
 REFERRAL_SCOPE = "hire:referral_account"
-FAULT_KINDS = ("http_500", "rate_limit", "html_page", "drop_after_commit", "slow", "revoke_token")
+FAULT_KINDS = (
+    "http_500",
+    "rate_limit",
+    "html_page",
+    "drop_after_commit",
+    "slow",
+    "revoke_token",
+    "malformed_answer",
+)
+MALFORMED_VARIANTS = ("null_amount", "text_amount", "fractional_points")
 _DEFAULT_STATUS = {"rate_limit": 429, "html_page": 502, "revoke_token": 400}
 ENDPOINTS = ("token", "withdraw", "assets", "any")
+EmptyWithdrawal = Literal["zeros", "error"]
+ReplayAfterDeactivate = Literal["original", "error"]
+EMPTY_WITHDRAWAL_MODES: tuple[str, ...] = get_args(EmptyWithdrawal)
+REPLAY_AFTER_DEACTIVATE_MODES: tuple[str, ...] = get_args(ReplayAfterDeactivate)
 
 _WITHDRAW = re.compile(r"^/open-apis/hire/v1/referral_account/([^/]+)/withdraw$")
 _ASSETS = "/open-apis/hire/v1/referral_account/get_account_assets"
 _TOKEN = "/open-apis/auth/v3/tenant_access_token/internal"
 _CENT = Decimal("0.01")
 _DECIMAL_MARK = re.compile(r'"\\u0000(-?[0-9.]+)\\u0000"')
+_NOT_FOUND = {"code": 404, "msg": "404 page not found"}
 
 
 @dataclass
@@ -75,6 +93,16 @@ class Fault:
     and of a 429 ``html_page``. ``status`` is the HTTP status of ``rate_limit`` (429; older
     Feishu APIs answered 400), of ``html_page`` (a gateway's HTML page, 502) and of the
     token error after ``revoke_token`` (400; Feishu has also answered 200).
+
+    ``malformed_answer`` (withdraw only) commits the withdrawal as usual (balances zeroed,
+    order remembered, ledger entry with the true amounts) and damages only the answer on
+    the wire, the way ``variant`` names: ``null_amount`` (every cash ``amount`` is null),
+    ``text_amount`` (every cash ``amount`` is ``"abc"``) or ``fractional_points``
+    (``point_bonus`` is the true points plus 0.5). A variant that damages cash leaves an
+    answer without cash intact. The stored order keeps the true data, so replaying the
+    ``external_order_id`` later answers with the true details: the damage is one bad
+    answer in transit, which is what a client that retries must survive. An error answer
+    (say 1002555) passes through undamaged; the fault is used up all the same.
     """
 
     kind: str
@@ -82,12 +110,23 @@ class Fault:
     times: int = 1
     seconds: float = 1.0
     status: int | None = None
+    variant: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"fault kind {self.kind!r} is not one of {FAULT_KINDS}")
         if self.endpoint not in ENDPOINTS:
             raise ValueError(f"fault endpoint {self.endpoint!r} is not one of {ENDPOINTS}")
+        # Over HTTP a delay can arrive as a Decimal (control bodies keep numbers exact); sleep wants a float.
+        self.seconds = float(self.seconds)
+        if self.kind != "malformed_answer":
+            if self.variant is not None:
+                raise ValueError(f"variant is for malformed_answer only, not for {self.kind!r}")
+            return
+        if self.endpoint != "withdraw":  # only a withdrawal answer carries amounts to damage
+            raise ValueError(f"malformed_answer applies to the withdraw endpoint only, not {self.endpoint!r}")
+        if self.variant not in MALFORMED_VARIANTS:
+            raise ValueError(f"malformed_answer variant {self.variant!r} is not one of {MALFORMED_VARIANTS}")
 
 
 def demo_accounts() -> list[Account]:
@@ -117,6 +156,14 @@ class FeishuSandbox:
 
     Rate limits are (calls, seconds) per endpoint, Feishu's published ones by default;
     ``rate_limits=False`` lifts them for fast tests.
+
+    Two switches cover what Feishu's docs leave open. ``empty_withdrawal``: withdrawing
+    when every chosen kind is zero either succeeds with zeros and records an order
+    (``"zeros"``) or is refused with HTTP 400, code 1002556, recording nothing, so the
+    same ``external_order_id`` withdraws for real once money arrives (``"error"``).
+    ``replay_after_deactivate``: a repeated ``external_order_id`` whose account has been
+    deactivated since answers with the original details (``"original"``) or with
+    1002555 (``"error"``).
     """
 
     def __init__(
@@ -133,9 +180,19 @@ class FeishuSandbox:
         assets_limit: tuple[int, float] = (10, 1.0),
         token_lifetime: int = TOKEN_LIFETIME,
         tls: tuple[str, str] | None = None,
+        empty_withdrawal: EmptyWithdrawal = "zeros",
+        replay_after_deactivate: ReplayAfterDeactivate = "original",
     ) -> None:
         if not _is_loopback(host):
             raise ValueError(f"the sandbox binds to loopback only, not {host!r}")
+        if empty_withdrawal not in EMPTY_WITHDRAWAL_MODES:
+            raise ValueError(f"empty_withdrawal {empty_withdrawal!r} is not one of {EMPTY_WITHDRAWAL_MODES}")
+        if replay_after_deactivate not in REPLAY_AFTER_DEACTIVATE_MODES:
+            raise ValueError(
+                f"replay_after_deactivate {replay_after_deactivate!r} is not one of {REPLAY_AFTER_DEACTIVATE_MODES}"
+            )
+        self.empty_withdrawal = empty_withdrawal
+        self.replay_after_deactivate = replay_after_deactivate
         self.app_id, self.app_secret = app_id, app_secret
         self.scopes = set(scopes)
         self.token_lifetime = token_lifetime
@@ -146,6 +203,7 @@ class FeishuSandbox:
             for a in (demo_accounts() if accounts is None else accounts)
         }
         self.orders: dict[str, dict[str, Any]] = {}
+        self._order_accounts: dict[str, str] = {}  # external_order_id -> the account it drained
         self.ledger: list[dict[str, Any]] = []
         self.requests: dict[str, int] = {"token": 0, "withdraw": 0, "assets": 0, "rate_limited": 0}
         self.faults: list[Fault] = []
@@ -209,12 +267,50 @@ class FeishuSandbox:
         with self.lock:
             self._tokens.clear()
 
+    def credit(
+        self,
+        account_id: str,
+        point_bonus: int = 0,
+        cash_bonus: Mapping[str, Decimal | int | str] | None = None,
+    ) -> dict[str, Any]:
+        """Add to a balance, as a bonus being confirmed does mid-run; an unknown account is registered, enabled.
+
+        Amounts are Decimal, int or numeric strings in whole cents; a float is refused,
+        because 0.1 is not 0.10 and the tests compare money exactly. Returns the account
+        as :meth:`state` shows it.
+        """
+        if not isinstance(account_id, str) or not account_id:
+            raise ValueError("account_id must be a non-empty string")
+        points = _points(point_bonus)
+        cash = {_currency(currency): _money(amount) for currency, amount in (cash_bonus or {}).items()}
+        with self.lock:  # everything is checked above: a bad credit changes nothing
+            account = self.accounts.setdefault(account_id, Account(account_id))
+            account.point_bonus += points
+            for currency, amount in cash.items():
+                if amount:
+                    account.cash_bonus[currency] = account.cash_bonus.get(currency, Decimal("0.00")) + amount
+            return _snapshot(account)
+
+    def deactivate(self, account_id: str) -> dict[str, Any]:
+        """Stop an account, as an HR admin can between a DAG's retries; raises :class:`UnknownAccount`."""
+        return self._set_enabled(account_id, False)
+
+    def enable(self, account_id: str) -> dict[str, Any]:
+        """Start a stopped account again; raises :class:`UnknownAccount`."""
+        return self._set_enabled(account_id, True)
+
+    def _set_enabled(self, account_id: str, enabled: bool) -> dict[str, Any]:
+        with self.lock:
+            account = self.accounts.get(account_id)
+            if account is None:
+                raise UnknownAccount(account_id)
+            account.enabled = enabled
+            return _snapshot(account)
+
     def state(self) -> dict[str, Any]:
         with self.lock:
             return {
-                "accounts": {
-                    a.account_id: {**a.assets(), "status": 1 if a.enabled else 2} for a in self.accounts.values()
-                },
+                "accounts": {a.account_id: _snapshot(a) for a in self.accounts.values()},
                 "ledger": list(self.ledger),
                 "requests": dict(self.requests),
             }
@@ -284,14 +380,17 @@ class FeishuSandbox:
         with self.lock:
             self.requests["withdraw"] += 1
             if order_id in self.orders:
-                return 200, {"code": 0, "msg": "SUCCESS", "data": self.orders[order_id]}
+                return self._replay(order_id)
             account = self.accounts.get(account_id)
             if account is None:
                 return 400, {"code": 1002553, "msg": "referral account does not exist"}
             if not account.enabled:
-                return 400, {"code": 1002555, "msg": "referral account is deactivated"}
+                return _deactivated()
             points = account.point_bonus if 1 in kinds else 0
-            cash = account.assets()["cash_bonus"] if 2 in kinds else []
+            # A currency at 0.00 is nothing to withdraw: it would make an empty withdrawal look non-empty.
+            cash = [c for c in account.assets()["cash_bonus"] if c["amount"]] if 2 in kinds else []
+            if not points and not cash and self.empty_withdrawal == "error":
+                return 400, {"code": 1002556, "msg": "no balance to withdraw"}  # and the order id stays free
             if 1 in kinds:
                 account.point_bonus = 0
             if 2 in kinds:
@@ -302,8 +401,16 @@ class FeishuSandbox:
                 "withdrawal_details": {"point_bonus": points, "cash_bonus": cash},
             }
             self.orders[order_id] = data
+            self._order_accounts[order_id] = account_id
             self.ledger.append({"referral_account_id": account_id, **data})
         return 200, {"code": 0, "msg": "SUCCESS", "data": data}
+
+    def _replay(self, order_id: str) -> tuple[int, dict[str, Any]]:
+        """A repeated ``external_order_id`` moves no money; what it answers depends on ``replay_after_deactivate``."""
+        account = self.accounts.get(self._order_accounts[order_id])
+        if self.replay_after_deactivate == "error" and account is not None and not account.enabled:
+            return _deactivated()
+        return 200, {"code": 0, "msg": "SUCCESS", "data": self.orders[order_id]}
 
     def account_assets(self, account_id: str) -> tuple[int, dict[str, Any]]:
         with self.lock:
@@ -324,6 +431,59 @@ class FeishuSandbox:
             }
 
 
+def _deactivated() -> tuple[int, dict[str, Any]]:
+    return 400, {"code": 1002555, "msg": "referral account is deactivated"}
+
+
+class UnknownAccount(KeyError):
+    """No referral account has this id (Feishu's 1002553)."""
+
+
+def _snapshot(account: Account) -> dict[str, Any]:
+    return {**account.assets(), "status": 1 if account.enabled else 2}
+
+
+def _points(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"point_bonus must be a whole number of points, at least 0, not {value!r}")
+    return value
+
+
+def _currency(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"currency_type must be a non-empty string, not {value!r}")
+    return value
+
+
+def _money(value: object) -> Decimal:
+    """A cash amount, exact to the cent: Decimal, int or a numeric string, never a float (0.1 is not 0.10)."""
+    if isinstance(value, bool) or not isinstance(value, Decimal | int | str):
+        raise ValueError(f"a cash amount must be a Decimal, an int or a numeric string, not {value!r}")
+    try:
+        amount = Decimal(value)
+        cents = amount.quantize(_CENT)
+    except (InvalidOperation, ValueError):
+        raise ValueError(f"{value!r} is not a cash amount") from None
+    if amount != cents or amount < 0:
+        raise ValueError(f"a cash amount is whole cents, at least 0, not {value!r}")
+    return cents
+
+
+def _corrupt(data: Mapping[str, Any], variant: str) -> dict[str, Any]:
+    """A damaged copy of a withdrawal's ``data``; the stored order and the ledger keep the true one."""
+    details = data["withdrawal_details"]
+    points = details["point_bonus"]
+    cash = [dict(c) for c in details["cash_bonus"]]
+    if variant == "fractional_points":
+        points = Decimal(points) + Decimal("0.5")
+    for item in cash:
+        if variant == "null_amount":
+            item["amount"] = None
+        elif variant == "text_amount":
+            item["amount"] = "abc"
+    return {**data, "withdrawal_details": {"point_bonus": points, "cash_bonus": cash}}
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -337,6 +497,50 @@ def _json_bytes(payload: Mapping[str, Any]) -> bytes:
     """JSON with money as bare two-place numbers (``100.50``), as Feishu sends it."""
     text = json.dumps(payload, ensure_ascii=False, default=lambda v: f"\x00{v}\x00")
     return _DECIMAL_MARK.sub(r"\1", text).encode()
+
+
+def _control_account_id(body: Mapping[str, Any]) -> str:
+    """The ``{"account_id": "..."}`` of ``/_sandbox/deactivate`` and ``/_sandbox/enable``."""
+    account_id = body.get("account_id")
+    if set(body) != {"account_id"} or not isinstance(account_id, str) or not account_id:
+        raise ValueError(f'the body is {{"account_id": "<a non-empty string>"}}, not {dict(body)!r}')
+    return account_id
+
+
+def _control_credit(sandbox: FeishuSandbox, body: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"account_id", "point_bonus", "cash_bonus": [{"currency_type", "amount"}]}``, amounts strings or numbers."""
+    unknown = set(body) - {"account_id", "point_bonus", "cash_bonus"}
+    if unknown:  # a misspelt field would otherwise credit nothing, silently
+        raise ValueError(f"unknown fields {sorted(unknown)}")
+    items = body.get("cash_bonus", [])
+    if not isinstance(items, list) or not all(
+        isinstance(c, dict) and set(c) == {"currency_type", "amount"} for c in items
+    ):
+        raise ValueError('cash_bonus is a list of {"currency_type", "amount"}')
+    cash: dict[str, Any] = {}
+    for item in items:
+        currency = _currency(item["currency_type"])
+        if currency in cash:
+            raise ValueError(f"currency {currency!r} is listed twice")
+        cash[currency] = item["amount"]
+    return sandbox.credit(body.get("account_id", ""), body.get("point_bonus", 0), cash)
+
+
+def _control_faults(sandbox: FeishuSandbox, body: Mapping[str, Any]) -> None:
+    sandbox.inject(**body)
+
+
+def _control_revoke_tokens(sandbox: FeishuSandbox, body: Mapping[str, Any]) -> None:
+    sandbox.revoke_tokens()
+
+
+_CONTROLS: dict[str, Callable[[FeishuSandbox, Mapping[str, Any]], Any]] = {
+    "/_sandbox/faults": _control_faults,
+    "/_sandbox/revoke_tokens": _control_revoke_tokens,
+    "/_sandbox/credit": _control_credit,
+    "/_sandbox/deactivate": lambda sandbox, body: sandbox.deactivate(_control_account_id(body)),
+    "/_sandbox/enable": lambda sandbox, body: sandbox.enable(_control_account_id(body)),
+}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -367,7 +571,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._control(method, url.path, raw)
         endpoint = self._endpoint(method, url.path)
         if endpoint is None:
-            return self._send(404, b"404 page not found", "text/plain")
+            return self._reply(404, _NOT_FOUND)
         fault = self.sandbox.take_fault(endpoint)
         if fault and fault.kind == "http_500":
             return self._reply(500, {"code": 1002001, "msg": "system error"})
@@ -396,6 +600,8 @@ class _Handler(BaseHTTPRequestHandler):
         if fault and fault.kind == "drop_after_commit":
             self.close_connection = True  # committed; the caller never hears of it
             return None
+        if fault and fault.kind == "malformed_answer" and fault.variant and answer.get("code") == 0:
+            answer = {**answer, "data": _corrupt(answer["data"], fault.variant)}  # committed; only the wire lies
         return self._reply(answer_status, answer)
 
     def _endpoint(self, method: str, path: str) -> str | None:
@@ -423,16 +629,19 @@ class _Handler(BaseHTTPRequestHandler):
     def _control(self, method: str, path: str, raw: bytes) -> None:
         if method == "GET" and path == "/_sandbox/state":
             return self._reply(200, {"code": 0, "msg": "ok", "data": self.sandbox.state()})
-        if method == "POST" and path == "/_sandbox/faults":
-            try:
-                self.sandbox.inject(**json.loads(raw or b"{}"))
-            except (TypeError, ValueError) as exc:
-                return self._reply(400, {"code": 1002002, "msg": str(exc)})
-            return self._reply(200, {"code": 0, "msg": "ok"})
-        if method == "POST" and path == "/_sandbox/revoke_tokens":
-            self.sandbox.revoke_tokens()
-            return self._reply(200, {"code": 0, "msg": "ok"})
-        return self._send(404, b"404 page not found", "text/plain")
+        action = _CONTROLS.get(path) if method == "POST" else None
+        if action is None:
+            return self._reply(404, _NOT_FOUND)
+        try:
+            body = json.loads(raw or b"{}", parse_float=Decimal)  # money in a credit stays exact
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+            data = action(self.sandbox, body)
+        except UnknownAccount as exc:
+            return self._reply(400, {"code": 1002553, "msg": f"referral account {exc.args[0]!r} does not exist"})
+        except (TypeError, ValueError) as exc:
+            return self._reply(400, {"code": 1002002, "msg": str(exc)})
+        return self._reply(200, {"code": 0, "msg": "ok", **({"data": data} if data is not None else {})})
 
     def _rate_limited(self, wait: float, status: int = 429) -> None:
         headers = {"x-ogw-ratelimit-reset": str(max(1, math.ceil(wait)))}
