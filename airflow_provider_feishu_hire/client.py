@@ -340,6 +340,7 @@ class FeishuClient:
         deadline = time.monotonic() + self.retry.budget
         attempt = 0
         token_replayed = False
+        reached = False  # an earlier attempt may have been acted on by Feishu
         while True:
             attempt += 1
             headers = {}
@@ -361,7 +362,8 @@ class FeishuClient:
                     continue
                 delay = self._retry_delay(err, attempt, deadline)
                 if delay is None:
-                    raise err.with_context(context) from None
+                    raise err.with_context(context, uncertain=reached) from None
+                reached = reached or err.may_have_reached_feishu
                 log.warning(
                     "%s; attempt %d of %d failed, retrying in %.2fs",
                     err.with_context(context),

@@ -33,6 +33,9 @@ class FeishuAPIError(Exception):
     a dropped connection, a timeout, an HTML page from a gateway). ``log_id`` is the
     ``X-Tt-Logid`` to quote to Feishu support. ``retryable`` says whether the same call
     may succeed later; the client decides it once, so callers never re-derive it.
+    ``uncertain`` says an earlier attempt of the same call failed in a way that may have
+    reached Feishu (a timeout, a dropped connection, a 5xx): a refusal now does not prove
+    that nothing was committed before.
     The message never carries the App Secret or a token: only what Feishu sent back
     and the resource we were working on.
     """
@@ -47,6 +50,7 @@ class FeishuAPIError(Exception):
         retryable: bool = False,
         retry_after: float | None = None,
         context: str | None = None,
+        uncertain: bool = False,
     ) -> None:
         self.code = code
         self.msg = msg
@@ -55,6 +59,7 @@ class FeishuAPIError(Exception):
         self.retryable = retryable
         self.retry_after = retry_after
         self.context = context
+        self.uncertain = uncertain
         super().__init__(self._describe())
 
     @property
@@ -64,6 +69,11 @@ class FeishuAPIError(Exception):
     @property
     def is_rate_limited(self) -> bool:
         return self.code == RATE_LIMIT_CODE or self.http_status == 429
+
+    @property
+    def may_have_reached_feishu(self) -> bool:
+        """A failure after which Feishu may have acted: not a refusal at its gateway or auth layer."""
+        return self.retryable and not self.is_rate_limited and not self.is_token_error
 
     def _describe(self) -> str:
         head = f"Feishu error {self.code}: {self.msg}" if self.code is not None else f"Feishu call failed: {self.msg}"
@@ -76,7 +86,7 @@ class FeishuAPIError(Exception):
         text = f"{head} ({', '.join(facts)})"
         return f"{text} while {self.context}" if self.context else text
 
-    def with_context(self, context: str) -> FeishuAPIError:
+    def with_context(self, context: str, *, uncertain: bool = False) -> FeishuAPIError:
         """Name what we were doing (e.g. the account id) without losing Feishu's facts."""
         return FeishuAPIError(
             self.msg,
@@ -86,4 +96,5 @@ class FeishuAPIError(Exception):
             retryable=self.retryable,
             retry_after=self.retry_after,
             context=context,
+            uncertain=self.uncertain or uncertain,
         )

@@ -1,6 +1,8 @@
-"""The payroll export: withdrawal records in, one CSV per DAG run out.
+"""Payroll from the ledger: paid withdrawals in, one row per paid item out, as a CSV and as table rows.
 
-No Airflow here, so the export can be tested, and reused by other DAGs, on its own.
+No Airflow here. The ledger is the only source: what an operator pushed to XCom or a
+worker wrote to its disk plays no part, so a retry, a clear or another worker cannot
+make payroll disagree with what Feishu paid.
 """
 
 from __future__ import annotations
@@ -8,86 +10,126 @@ from __future__ import annotations
 import csv
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
-from decimal import Decimal
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from urllib.parse import quote
 
 import pendulum
 
-from airflow_provider_feishu_hire.withdrawal import file_safe, format_money
+from airflow_provider_feishu_hire.ledger import OPEN_STATUSES, PAID, SENDING, SKIPPED, LedgerRow
+from airflow_provider_feishu_hire.withdrawal import format_money, plural
 
 COLUMNS = ("referral_account_id", "external_order_id", "trans_time", "bonus_type", "currency", "amount")
+TABLE_COLUMNS = (*COLUMNS, "dag_id", "run_id")
+
+
+class PayrollError(Exception):
+    """The payroll cannot be written as asked; nothing was changed."""
 
 
 def trans_time_iso(trans_time: str | int) -> str:
-    """Feishu's ``trans_time`` (milliseconds since the epoch, as a string) as ISO 8601 in UTC."""
+    """Feishu's ``trans_time`` (milliseconds since the epoch) as ISO 8601 in UTC."""
     millis = int(trans_time)
     moment = pendulum.from_timestamp(millis // 1000, tz="UTC").add(microseconds=(millis % 1000) * 1000)
     return moment.isoformat(timespec="milliseconds")
 
 
-def payroll_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """One row per non-zero paid item, in a stable order so that re-exports are byte-identical.
+def payroll_rows(rows: Iterable[LedgerRow]) -> list[dict[str, str]]:
+    """One row per non-zero paid item of the paid ledger rows, in a stable order (re-exports are identical).
 
-    Points are whole numbers; cash keeps its decimal amount exactly (no float on the way,
-    at least two places, never rounded).
+    Points are whole numbers; cash keeps its decimal amount exactly (at least two places,
+    never rounded). Each row names the DAG run whose withdrawal paid it.
     """
-    rows = []
-    for record in records:
+    out = []
+    for row in rows:
+        paid = row.withdrawal
+        if paid is None:
+            continue
         base = {
-            "referral_account_id": str(record["referral_account_id"]),
-            "external_order_id": str(record["external_order_id"]),
-            "trans_time": trans_time_iso(record["trans_time"]),
+            "referral_account_id": paid.referral_account_id,
+            "external_order_id": paid.external_order_id,
+            "trans_time": trans_time_iso(paid.trans_time),
+            "dag_id": row.dag_id,
+            "run_id": row.run_id,
         }
-        details = record.get("withdrawal_details") or {}
-        points = int(details.get("point_bonus") or 0)
-        if points:
-            rows.append({**base, "bonus_type": "points", "currency": "", "amount": str(points)})
-        for cash in details.get("cash_bonus") or []:
-            amount = Decimal(str(cash["amount"]))
+        if paid.point_bonus:
+            out.append({**base, "bonus_type": "points", "currency": "", "amount": str(paid.point_bonus)})
+        for currency, amount in paid.cash_bonus.items():
             if amount:
-                rows.append(
-                    {
-                        **base,
-                        "bonus_type": "cash",
-                        "currency": str(cash["currency_type"]),
-                        "amount": format_money(amount),
-                    }
-                )
-    return sorted(rows, key=lambda r: tuple(r[c] for c in COLUMNS))
+                out.append({**base, "bonus_type": "cash", "currency": currency, "amount": format_money(amount)})
+    return sorted(out, key=lambda r: tuple(r[c] for c in TABLE_COLUMNS))
 
 
-def payroll_file_name(run_id: str) -> str:
-    return f"payroll_{file_safe(run_id)}.csv"
+@dataclass(frozen=True)
+class Completeness:
+    """Whether the ledger settles every withdrawal of a payroll, and who was not paid."""
+
+    open: list[LedgerRow]  # money may have moved, but payroll cannot show it yet
+    not_paid: dict[str, str]  # account id -> why (refused, or no withdrawal on record)
+
+    @property
+    def resendable(self) -> bool:
+        """Whether some open row is settled by sending its order id again (the rest need a person)."""
+        return any(row.status == SENDING for row in self.open)
+
+    def open_message(self) -> str:
+        head = f"{plural(len(self.open), 'withdrawal')} without a known outcome, so no payroll was written"
+        return f"{head}: " + "; ".join(row.describe_problem() for row in self.open)
 
 
-def write_payroll_csv(records: Iterable[Mapping[str, Any]], output_dir: str | os.PathLike[str], run_id: str) -> Path:
-    """Write the run's payroll CSV into ``output_dir`` atomically and return its path.
+def completeness(rows: Sequence[LedgerRow], expected_accounts: Iterable[str] = ()) -> Completeness:
+    """Check before writing: open rows block the payroll; accounts not paid are named after it is written."""
+    open_rows = [row for row in rows if row.status in OPEN_STATUSES]
+    settled = {row.referral_account_id for row in rows if row.status in (PAID, SKIPPED)}
+    reasons = {row.referral_account_id: row.describe_problem() for row in rows if row.status not in (PAID, SKIPPED)}
+    not_paid = {
+        account: reasons.get(account, f"account {account} has no withdrawal in the ledger")
+        for account in dict.fromkeys(expected_accounts)
+        if account not in settled
+    }
+    return Completeness(open_rows, not_paid)
 
-    The rows go to a temporary file beside the target, which then replaces it: a reader
-    never sees half a file, and a re-run of the export for the same run rewrites the
-    same file with the same content.
-    """
+
+def payroll_csv_path(output_dir: str | os.PathLike[str], dag_id: str, name: str) -> Path:
+    """``<output_dir>/<dag_id>/payroll_<name>.csv``, each part percent-encoded, so distinct runs never share a file."""
     if not str(output_dir).strip():
         raise ValueError("output_dir is empty: name the folder the payroll CSV goes to")
-    if not run_id:
+    if not name:
         raise ValueError("run_id is empty")
-    rows = payroll_rows(records)
-    folder = Path(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / payroll_file_name(run_id)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
+    return Path(output_dir) / quote(dag_id, safe="") / f"payroll_{quote(name, safe='')}.csv"
+
+
+def write_payroll_csv(rows: Sequence[dict[str, str]], path: Path) -> Path:
+    """Write the rows to ``path`` atomically; refuse to replace an existing export with fewer rows.
+
+    The ledger never loses a paid withdrawal, so a correct re-export is always a superset
+    of the last one: a file that holds a row the new export lacks means something is
+    wrong (another ledger, a changed DAG), and the old file is kept for a person to see.
+    """
+    new = {tuple(row[c] for c in COLUMNS) for row in rows}
+    if path.exists():
+        with path.open(newline="", encoding="utf-8") as handle:
+            old = {tuple(row[c] for c in COLUMNS) for row in csv.DictReader(handle)}
+        lost = old - new
+        if lost:
+            account, order = next(iter(sorted(lost)))[:2]
+            raise PayrollError(
+                f"refusing to replace {path}: it holds {plural(len(lost), 'row')} the ledger no longer gives "
+                f"(first: account {account}, order {order}); was the ledger connection changed?"
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS, lineterminator="\n")
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS, lineterminator="\n", extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return target
+    return path

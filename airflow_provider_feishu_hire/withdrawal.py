@@ -8,7 +8,8 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from decimal import Decimal
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 POINTS = 1
@@ -63,7 +64,9 @@ def check_external_order_id(value: object) -> str:
 
 
 def check_withdraw_bonus_type(value: object) -> list[int]:
-    """Accept 1/2, "points"/"cash" (or their digit strings, as templates render them), or a list of them."""
+    """Accept 1/2, "points"/"cash", a list of them, or a template's text of a list ("[1, 2]", "1,2")."""
+    if isinstance(value, str) and re.search(r"[\[\],]", value):
+        value = [part for part in re.split(r"[\s,\[\]'\"]+", value) if part]
     items = [value] if isinstance(value, (str, int)) else value
     if not isinstance(items, (list, tuple, set, frozenset)):
         raise TypeError("withdraw_bonus_type must be 1, 2, 'points', 'cash' or a list of them")
@@ -78,59 +81,120 @@ def check_withdraw_bonus_type(value: object) -> list[int]:
     return sorted(kinds)
 
 
-def derive_external_order_id(
-    *, dag_id: str, run_id: str, task_id: str, map_index: int, referral_account_id: str
-) -> str:
-    """The idempotency key of one task instance's withdrawal of one account.
+# Derived ids look like Feishu's own: 19 digits, no leading zero, below 2**63 (a signed
+# 64-bit integer, in case a system on the way stores them as numbers).
+_ORDER_ID_LOW = 10**18
+_ORDER_ID_SPAN = 2**63 - _ORDER_ID_LOW
 
-    Every retry of the same task instance gets the same key, so Feishu answers a
-    repeated withdrawal with the original details instead of paying again; any other
-    run, task, map index or account gets another. Digits only, 19 of them, like
-    Feishu's own examples, since the characters Feishu accepts are undocumented.
+
+def derive_external_order_id(*, dag_id: str, run_id: str, task_id: str, referral_account_id: str) -> str:
+    """The idempotency key of one task's withdrawal of one account in one DAG run.
+
+    Independent of position: a retried, cleared, re-ordered, grown or shrunk account list
+    gives every account the key it had, so Feishu replays the original withdrawal instead
+    of paying (or emptying) anew, and an account listed twice is withdrawn once. Any other
+    DAG, run, task or account gets another key.
     """
-    material = "\x1f".join([dag_id, run_id, task_id, str(map_index), referral_account_id])
+    material = "\x1f".join([dag_id, run_id, task_id, referral_account_id])
     digest = int.from_bytes(hashlib.sha256(material.encode()).digest()[:16], "big")
-    return f"{digest % 10**19:019d}"
+    return str(_ORDER_ID_LOW + digest % _ORDER_ID_SPAN)
 
 
-def file_safe(text: str) -> str:
-    """A run id or task id as part of a file name (run ids carry ':' and '+')."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", text)
+def plural(count: int, noun: str) -> str:
+    """ "1 referral account", "2 referral accounts": messages a person reads in the UI."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
-def format_money(amount: object) -> str:
+def format_money(amount: Decimal) -> str:
     """Decimal money as text with at least two places ("7.00", "0.105"): padded, never rounded."""
-    value = Decimal(str(amount))
-    # Pad to cents, but never round: a third decimal from Feishu is kept, not lost.
-    return format(value.quantize(_CENT) if value.as_tuple().exponent > -2 else value, "f")  # type: ignore[operator]
+    return format(amount.quantize(_CENT) if amount.as_tuple().exponent > -2 else amount, "f")  # type: ignore[operator]
 
 
-def withdrawal_record(referral_account_id: str, data: Mapping[str, Any]) -> dict[str, Any]:
-    """The withdraw answer's ``data`` plus the account id, as JSON-safe values for XCom.
+class UnreadableAnswer(ValueError):
+    """A success answer whose amounts cannot be read exactly: money moved, but how much is unknown."""
 
-    Cash amounts become decimal strings ("100.50"): a JSON number would come back as a
-    float to any consumer that does not parse it as Decimal.
+
+@dataclass(frozen=True)
+class Withdrawal:
+    """What one withdrawal paid, as Feishu answered it: the fact payroll and reconciliation rest on.
+
+    ``trans_time`` is Feishu's transaction time in milliseconds since the epoch; cash is
+    exact ``Decimal`` per currency.
     """
-    details = data.get("withdrawal_details") or {}
-    return {
-        "referral_account_id": referral_account_id,
-        "external_order_id": str(data.get("external_order_id", "")),
-        "trans_time": str(data.get("trans_time", "")),
-        "withdrawal_details": {
-            "point_bonus": int(details.get("point_bonus") or 0),
-            "cash_bonus": [
-                {"currency_type": str(item.get("currency_type", "")), "amount": format_money(item.get("amount", 0))}
-                for item in details.get("cash_bonus") or []
-            ],
-        },
-    }
+
+    referral_account_id: str
+    external_order_id: str
+    trans_time: int
+    point_bonus: int
+    cash_bonus: Mapping[str, Decimal]
+
+    def as_xcom(self) -> dict[str, Any]:
+        """The answer's ``data`` plus the account id, JSON-safe: cash as decimal strings ("100.50").
+
+        A JSON number would come back as a float to any consumer that does not parse it as Decimal.
+        """
+        return {
+            "referral_account_id": self.referral_account_id,
+            "external_order_id": self.external_order_id,
+            "trans_time": str(self.trans_time),
+            "withdrawal_details": {
+                "point_bonus": self.point_bonus,
+                "cash_bonus": [
+                    {"currency_type": currency, "amount": format_money(amount)}
+                    for currency, amount in sorted(self.cash_bonus.items())
+                ],
+            },
+        }
+
+    def describe(self) -> str:
+        """One log line per account, the facts a person looks for first: who, how much, which order."""
+        cash = ", ".join(f"{format_money(amount)} {currency}" for currency, amount in sorted(self.cash_bonus.items()))
+        return (
+            f"referral account {self.referral_account_id}: points {self.point_bonus}, cash {cash or 'none'} "
+            f"(order {self.external_order_id})"
+        )
 
 
-def describe_withdrawal(record: Mapping[str, Any]) -> str:
-    """One log line per account: what moved, never a secret."""
-    details = record["withdrawal_details"]
-    cash = ", ".join(f"{c['amount']} {c['currency_type']}" for c in details["cash_bonus"]) or "none"
-    return (
-        f"referral account {record['referral_account_id']}: order {record['external_order_id']}, "
-        f"points {details['point_bonus']}, cash {cash}"
+def parse_withdrawal(referral_account_id: str, data: Mapping[str, Any]) -> Withdrawal:
+    """Read the withdraw answer's ``data`` exactly, or raise :class:`UnreadableAnswer` saying what is wrong.
+
+    Nothing is guessed: a null or non-numeric amount, fractional points or a missing
+    ``trans_time`` is not turned into zero, since the money has already moved.
+    """
+    details = data.get("withdrawal_details")
+    details = {} if details is None else details
+    if not isinstance(details, Mapping):
+        raise UnreadableAnswer(f"withdrawal_details is {type(details).__name__}, not an object")
+    trans_time = data.get("trans_time")
+    if isinstance(trans_time, bool) or not re.fullmatch(r"[0-9]{1,16}", str(trans_time)):
+        raise UnreadableAnswer(f"trans_time {trans_time!r} is not milliseconds since the epoch")
+    points = details.get("point_bonus", 0)
+    if isinstance(points, Decimal) and points == points.to_integral_value():
+        points = int(points)
+    if isinstance(points, bool) or not isinstance(points, int) or points < 0:
+        raise UnreadableAnswer(f"point_bonus {points!r} is not a whole number of points")
+    cash: dict[str, Decimal] = {}
+    items = details.get("cash_bonus")
+    for item in [] if items is None else items if isinstance(items, list) else [items]:
+        currency = item.get("currency_type") if isinstance(item, Mapping) else None
+        amount = _exact_amount(item.get("amount") if isinstance(item, Mapping) else None)
+        if not isinstance(currency, str) or not currency.strip() or amount is None:
+            raise UnreadableAnswer(f"cash_bonus item {item!r} has no currency_type and exact amount")
+        cash[currency] = cash.get(currency, Decimal(0)) + amount
+    return Withdrawal(
+        referral_account_id=referral_account_id,
+        external_order_id=str(data.get("external_order_id", "")),
+        trans_time=int(str(trans_time)),
+        point_bonus=points,
+        cash_bonus=cash,
     )
+
+
+def _exact_amount(value: object) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, (int, str, Decimal)):
+        return None  # null, a float (never produced by our parser), a list...
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        return None
+    return amount if amount.is_finite() and amount >= 0 else None

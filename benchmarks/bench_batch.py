@@ -18,7 +18,6 @@ import os
 import resource
 import tempfile
 import time
-from pathlib import Path
 
 from _common import sandbox_process, sandbox_state
 
@@ -40,9 +39,11 @@ def main() -> None:
         {"account_id": a, "point_bonus": 1, "cash_bonus": [{"currency_type": "CNY", "amount": "0.01"}]} for a in ids
     ]
     limits = ["--no-rate-limits"] if not args.per_minute else ["--withdraw-per-minute", str(int(args.per_minute))]
-    with sandbox_process(accounts, *limits) as url, tempfile.TemporaryDirectory() as folder:
-        from airflow_provider_feishu_hire.batch import withdraw_batch
+    with sandbox_process(accounts, *limits) as url:
         from airflow_provider_feishu_hire.hooks.feishu_hire import FeishuHireHook
+        from airflow_provider_feishu_hire.hooks.ledger import FeishuHireLedgerHook
+        from airflow_provider_feishu_hire.ledger import Intent
+        from airflow_provider_feishu_hire.payout import withdraw_batch
         from airflow_provider_feishu_hire.withdrawal import derive_external_order_id
 
         os.environ["AIRFLOW_CONN_FEISHU_HIRE_DEFAULT"] = json.dumps(
@@ -56,16 +57,17 @@ def main() -> None:
         )
         hook = FeishuHireHook(pool_size=args.workers)
         hook.get_tenant_access_token()  # not part of the batch's pace
+        ledger = FeishuHireLedgerHook().ledger  # the embedded SQLite ledger in the temporary AIRFLOW_HOME
+        run = {"dag_id": "bench", "run_id": "run", "task_id": "batch"}
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         started = time.perf_counter()
         summary = withdraw_batch(
             hook.client,
+            ledger,
             ids,
-            bonus_types=[1, 2],
-            order_id_for=lambda a: derive_external_order_id(
-                dag_id="bench", run_id="run", task_id="batch", map_index=-1, referral_account_id=a
+            intent_for=lambda a: Intent(
+                derive_external_order_id(**run, referral_account_id=a), a, (1, 2), APP_ID, **run
             ),
-            results_path=Path(folder) / "journal.jsonl",
             max_workers=args.workers,
         )
         wall = time.perf_counter() - started

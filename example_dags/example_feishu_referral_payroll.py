@@ -1,20 +1,21 @@
-"""Pay out Feishu Hire referral bonuses: withdraw each account, then export one payroll CSV per run.
+"""Pay out Feishu Hire referral bonuses: withdraw each account, then export the run's payroll from the ledger.
 
-Trigger with a conf such as ``{"referral_account_ids": ["7001000000000000001"], "output_dir": "/data/payroll"}``.
-Each account is its own mapped task instance, labelled by account id in the UI; its
-withdrawal is idempotent per task instance, so Airflow's retries never pay twice.
+Trigger with a conf such as ``{"referral_account_ids": ["7001000000000000001"]}``. Each
+account is its own mapped task instance, labelled by account id in the UI. Every
+withdrawal goes through the payout ledger (the ``feishu_hire_ledger`` connection, or an
+SQLite file in ``$AIRFLOW_HOME`` on a single machine), so retries, clears and re-ordered
+lists never pay twice and never lose anyone from payroll. Works unchanged on any number of
+workers once the ledger is on PostgreSQL.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any
 
 import pendulum
 from airflow.sdk import Param, dag, task
-from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_provider_feishu_hire.operators.payroll import ReferralPayrollOperator
 from airflow_provider_feishu_hire.operators.referral_account import ReferralWithdrawOperator
 
 # The accounts of the bundled sandbox (python -m airflow_provider_feishu_hire.sandbox).
@@ -25,6 +26,11 @@ SANDBOX_ACCOUNT_IDS = [
     "7001000000000000004",
     "7001000000000000005",
 ]
+ACCOUNT_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
+OUTPUT_DIR_HELP = (
+    "Folder for the payroll CSV, reachable by every worker. Empty: beside an SQLite ledger, or no CSV with a "
+    "PostgreSQL ledger (the feishu_hire_payroll table holds the payroll)"
+)
 
 
 @dag(
@@ -35,14 +41,9 @@ SANDBOX_ACCOUNT_IDS = [
     tags=["feishu", "payroll", "example"],
     params={
         "referral_account_ids": Param(
-            SANDBOX_ACCOUNT_IDS, type="array", items={"type": "string"}, description="Referral account ids"
+            SANDBOX_ACCOUNT_IDS, type="array", items=ACCOUNT_ID, minItems=1, description="Referral account ids"
         ),
-        "output_dir": Param(
-            os.path.join(tempfile.gettempdir(), "feishu_referral_payroll"),
-            type="string",
-            minLength=1,
-            description="Folder for the payroll CSV",
-        ),
+        "output_dir": Param("", type="string", description=OUTPUT_DIR_HELP),
     },
     # The delay between tries is the deployment's [core] default_task_retry_delay.
     default_args={"retries": 3},
@@ -51,31 +52,19 @@ def example_feishu_referral_payroll() -> None:
     @task
     def referral_account_ids(params: dict[str, Any] | None = None) -> list[str]:
         assert params is not None
-        return [str(account_id) for account_id in params["referral_account_ids"]]
+        return list(dict.fromkeys(str(account_id) for account_id in params["referral_account_ids"]))
 
     withdrawals = ReferralWithdrawOperator.partial(task_id="withdraw_referral_account").expand(
         referral_account_id=referral_account_ids()
     )
-
-    @task(trigger_rule="all_done")
-    def export_payroll(
-        withdrawals: list[dict[str, Any]], params: dict[str, Any] | None = None, run_id: str | None = None
-    ) -> str:
-        """Runs even when some accounts failed, so everyone who was paid reaches payroll; then fails
-        naming the accounts that were not, so the run does not look complete."""
-        from airflow_provider_feishu_hire.payroll import write_payroll_csv
-
-        assert params is not None and run_id is not None
-        # A slice fetches every mapped result in one request (iterating asks one by one);
-        # a failed account has no result.
-        records = withdrawals[:]
-        path = write_payroll_csv(records, params["output_dir"], run_id)
-        missing = sorted(set(map(str, params["referral_account_ids"])) - {r["referral_account_id"] for r in records})
-        if missing:
-            raise AirflowFailException(f"{path} holds everyone paid, but {len(missing)} accounts were not: {missing}")
-        return str(path)
-
-    export_payroll(withdrawals.output)
+    # all_done: everyone paid reaches payroll even when one account fails; the export then
+    # fails naming who was not paid, so the run is never green with someone missing.
+    withdrawals >> ReferralPayrollOperator(
+        task_id="export_payroll",
+        referral_account_ids="{{ params.referral_account_ids }}",
+        output_dir="{{ params.output_dir }}",
+        trigger_rule="all_done",
+    )
 
 
 example_feishu_referral_payroll()

@@ -1,6 +1,7 @@
-"""``make demo``: run the payroll example DAG against the bundled sandbox, then show the CSV it wrote.
+"""``make demo``: run the payroll example DAG against the bundled sandbox, then show the ledger and the payroll.
 
-Everything it writes stays under ``.demo/`` in the project.
+The payout ledger is the embedded SQLite file of the demo's Airflow home; the payroll CSV
+is made from it. Everything it writes stays under ``.demo/`` in the project.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -50,6 +52,23 @@ def expected_totals(accounts: dict) -> dict[tuple[str, str], Decimal]:
     return {key: value for key, value in totals.items() if value}
 
 
+def show_ledger(path: Path, since: float) -> None:
+    """The ledger rows this run wrote: one per withdrawal, with its status and what Feishu paid."""
+    since_iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since - 1))
+    with sqlite3.connect(path) as db:
+        rows = db.execute(
+            "SELECT w.referral_account_id, w.external_order_id, w.status, w.point_bonus, "
+            "group_concat(c.amount || ' ' || c.currency_type, ', ') FROM feishu_hire_withdrawal w "
+            "LEFT JOIN feishu_hire_withdrawal_cash c USING (external_order_id) "
+            "WHERE w.requested_at >= ? GROUP BY w.external_order_id ORDER BY w.referral_account_id",
+            (since_iso,),
+        ).fetchall()
+    print(f"\nLedger {path} (feishu_hire_withdrawal, this run):\n")
+    print(f"  {'account':<20} {'external_order_id':<20} {'status':<8} {'points':>6}  cash")
+    for account, order, status, points, cash in rows:
+        print(f"  {account:<20} {order:<20} {status:<8} {points if points is not None else '':>6}  {cash or ''}")
+
+
 def main() -> None:
     from airflow_provider_feishu_hire.sandbox import DEFAULT_APP_ID, DEFAULT_APP_SECRET
 
@@ -81,7 +100,8 @@ def main() -> None:
         sandbox.terminate()
         sandbox.wait(timeout=10)
 
-    written = [p for p in output_dir.glob("payroll_*.csv") if p.stat().st_mtime >= started]
+    show_ledger(WORK / "airflow_home" / "feishu_hire_ledger.db", started)
+    written = [p for p in output_dir.glob(f"{DAG_ID}/payroll_*.csv") if p.stat().st_mtime >= started]
     if not written:
         sys.exit(f"the DAG run wrote no payroll CSV into {output_dir}")
     path = max(written, key=lambda p: p.stat().st_mtime)
@@ -92,7 +112,7 @@ def main() -> None:
         paid[(row["bonus_type"], row["currency"])] += Decimal(row["amount"])
     expected = expected_totals(before)
 
-    print(f"\nPayroll CSV: {path}\n")
+    print(f"\nPayroll CSV, made from the ledger: {path}\n")
     print(path.read_text())
     for (kind, currency), amount in sorted(paid.items()):
         print(f"  total {kind} {currency}".rstrip() + f": {amount}")

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -20,6 +24,8 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 
 from airflow_provider_feishu_hire.client import FeishuClient, RetryPolicy  # noqa: E402
+from airflow_provider_feishu_hire.ledger import Ledger  # noqa: E402
+from airflow_provider_feishu_hire.payroll import payroll_rows  # noqa: E402
 from airflow_provider_feishu_hire.sandbox import (  # noqa: E402
     DEFAULT_APP_ID,
     DEFAULT_APP_SECRET,
@@ -83,13 +89,10 @@ class AirflowRunner:
         }
 
     def airflow(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "airflow", *args],
-            env=self.env(**env),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        return self.run([sys.executable, "-m", "airflow", *args], **env)
+
+    def run(self, command: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(command, env=self.env(**env), capture_output=True, text=True, timeout=600)
 
     def add_dag(self, source: Path) -> None:
         shutil.copy(source, self.dags / source.name)
@@ -110,3 +113,132 @@ def airflow_runner(tmp_path_factory: pytest.TempPathFactory) -> AirflowRunner:
     migrated = runner.airflow("db", "migrate")
     assert migrated.returncode == 0, migrated.stdout + migrated.stderr
     return runner
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL (Debian's ``postgresql``) on a port of its own, run as ``postgres`` when we are root."""
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.port = _free_port()
+        self.datadir = Path(tempfile.mkdtemp(prefix="feishu-hire-pg-"))
+        self._prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self._databases = 0
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*self._prefix, *args], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> PostgresServer:
+        if self._prefix:
+            shutil.chown(self.datadir, "postgres", "postgres")
+        self._run(str(self.bindir / "initdb"), "-D", str(self.datadir / "data"), "-A", "trust", "-U", "postgres")
+        options = f"-p {self.port} -k {self.datadir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(
+            str(self.bindir / "pg_ctl"), "-D", str(self.datadir / "data"), "-o", options,
+            "-l", str(self.datadir / "log"), "-w", "start",
+        )  # fmt: skip
+        return self
+
+    def stop(self) -> None:
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir / "data"), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.datadir, ignore_errors=True)
+
+    def new_database(self) -> str:
+        """A fresh, empty database; returns its URI."""
+        import psycopg2
+
+        self._databases += 1
+        name = f"ledger_{self._databases}"
+        admin = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres")
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute(f"CREATE DATABASE {name}")
+        admin.close()
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+
+def _postgres_bindir() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    bindir = _postgres_bindir()
+    if bindir is None:
+        message = "PostgreSQL is not installed (Debian's postgresql; `make test` installs it)"
+        if os.environ.get("FEISHU_HIRE_TEST_POSTGRES") == "required":
+            pytest.fail(message)
+        pytest.skip(message)
+    server = PostgresServer(bindir).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def postgres_ledger_connection(uri: str) -> Callable[[], object]:
+    import psycopg2
+
+    parts = urlsplit(uri)
+    return lambda: psycopg2.connect(
+        host=parts.hostname, port=parts.port, user=parts.username, dbname=parts.path.lstrip("/")
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    """An empty, migrated ledger on each supported database."""
+    if request.param == "sqlite":
+        path = tmp_path / "ledger.db"
+        made = Ledger(lambda: sqlite3.connect(path, check_same_thread=False, isolation_level=None), "sqlite")
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres")
+        made = Ledger(postgres_ledger_connection(server.new_database()), "postgresql")
+    made.migrate()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+PayrollLine = tuple[str, str, str, str, str]  # account, order id, bonus type, currency, amount
+
+
+def sandbox_payroll(sandbox: FeishuSandbox) -> Counter[PayrollLine]:
+    """What Feishu (the sandbox's own ledger) paid, as payroll lines: the truth payroll must equal."""
+    lines: Counter[PayrollLine] = Counter()
+    for entry in sandbox.state()["ledger"]:
+        details = entry["withdrawal_details"]
+        account, order = entry["referral_account_id"], entry["external_order_id"]
+        if details["point_bonus"]:
+            lines[(account, order, "points", "", str(details["point_bonus"]))] += 1
+        for cash in details["cash_bonus"]:
+            if cash["amount"]:
+                amount = Decimal(str(cash["amount"]))
+                lines[(account, order, "cash", cash["currency_type"], f"{amount:.2f}")] += 1
+    return lines
+
+
+def ledger_payroll(ledger: Ledger, **filters: object) -> Counter[PayrollLine]:
+    """The payroll the provider makes from its ledger, in the same terms."""
+    rows = payroll_rows(ledger.rows(**filters))  # type: ignore[arg-type]
+    return Counter(
+        (r["referral_account_id"], r["external_order_id"], r["bonus_type"], r["currency"], r["amount"]) for r in rows
+    )
+
+
+def assert_paid_exactly_once(ledger: Ledger, sandbox: FeishuSandbox) -> None:
+    """The invariant: every withdrawal that moved money appears in payroll once, under its account, to the cent."""
+    truth = sandbox_payroll(sandbox)
+    orders = [entry["external_order_id"] for entry in sandbox.state()["ledger"]]
+    assert len(orders) == len(set(orders)), "Feishu saw one order id twice as a new withdrawal"
+    assert ledger_payroll(ledger) == truth

@@ -151,7 +151,7 @@ def test_trigger_the_payroll_dag_and_read_each_account_in_the_ui(
     shot(page, "06-withdrawal-log")
     assert DEFAULT_APP_SECRET not in page.content()
 
-    (csv_path,) = tmp_path.glob("payroll_*.csv")
+    (csv_path,) = tmp_path.glob(f"{DAG_ID}/payroll_*.csv")
     with csv_path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert {row["referral_account_id"] for row in rows} == {

@@ -1,24 +1,40 @@
 """Real DAG runs (``airflow dags test``) against the sandbox: the few tests that need Airflow itself.
 
-Each run costs seconds, so only what needs a scheduler, XCom and task retries is here.
+Each run costs seconds, so only what needs a scheduler, XCom, retries and clears is here.
+Every run ends with the invariant checked against the sandbox's own ledger.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import sqlite3
+import sys
+from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+from airflow_provider_feishu_hire.ledger import Ledger
 from airflow_provider_feishu_hire.sandbox import DEFAULT_APP_SECRET, Account, FeishuSandbox, demo_accounts
-from tests.conftest import ROOT, AirflowRunner, connection_json
+from tests.conftest import (
+    ROOT,
+    AirflowRunner,
+    PayrollLine,
+    PostgresServer,
+    assert_paid_exactly_once,
+    connection_json,
+    postgres_ledger_connection,
+    sandbox_payroll,
+)
 
 EXAMPLE = ROOT / "example_dags" / "example_feishu_referral_payroll.py"
 BATCH_EXAMPLE = ROOT / "example_dags" / "example_feishu_referral_batch_payroll.py"
 CHECKS = Path(__file__).parent / "dags" / "feishu_operator_checks.py"
+PAYROLL_DAG = "example_feishu_referral_payroll"
+BATCH_DAG = "example_feishu_referral_batch_payroll"
 
 
 @pytest.fixture
@@ -29,13 +45,50 @@ def runner(airflow_runner: AirflowRunner) -> AirflowRunner:
     return airflow_runner
 
 
-def run(runner: AirflowRunner, sandbox: FeishuSandbox, dag_id: str, conf: dict[str, object], **extra: object):  # type: ignore[no-untyped-def]
-    return runner.dags_test(
+@pytest.fixture
+def ledger_file(tmp_path: Path) -> Iterator[Path]:
+    """A ledger of this test's own (the runner's AIRFLOW_HOME is shared by the whole session)."""
+    yield tmp_path / "ledger.db"
+
+
+def sqlite_ledger(path: Path) -> Ledger:
+    return Ledger(lambda: sqlite3.connect(path, check_same_thread=False, isolation_level=None), "sqlite")
+
+
+def run(runner: AirflowRunner, sandbox: FeishuSandbox, dag_id: str, conf: dict[str, object], *args: str, **env: str):  # type: ignore[no-untyped-def]
+    extra = {key: value for key, value in env.items() if not key.startswith("AIRFLOW")}
+    airflow_env = {key: value for key, value in env.items() if key.startswith("AIRFLOW")}
+    return runner.airflow(
+        "dags",
+        "test",
         dag_id,
-        conf,
+        *args,
+        "--conf",
+        json.dumps(conf),
         AIRFLOW_CONN_FEISHU_HIRE_DEFAULT=connection_json(sandbox.url, **extra),
         AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY="1",
+        **airflow_env,
     )
+
+
+def run_at(runner: AirflowRunner, sandbox: FeishuSandbox, conf: dict[str, object], env: dict[str, str]):  # type: ignore[no-untyped-def]
+    """The example payroll DAG's run of 2026-11-01: a second call clears and re-runs the same DAG run."""
+    return runner.run(
+        [sys.executable, str(Path(__file__).parent / "dag_run_at.py"), PAYROLL_DAG, "2026-11-01T00:00:00+00:00",
+         json.dumps(conf)],
+        AIRFLOW_CONN_FEISHU_HIRE_DEFAULT=connection_json(sandbox.url),
+        PYTHONPATH=str(ROOT),
+        **env,
+    )  # fmt: skip
+
+
+def ledger_env(path: Path) -> dict[str, str]:
+    return {"AIRFLOW_CONN_FEISHU_HIRE_LEDGER": json.dumps({"conn_type": "sqlite", "host": str(path)})}
+
+
+def failed(runner: AirflowRunner, done) -> str:  # type: ignore[no-untyped-def]
+    """The tail of the run's output and of its task logs, for an assertion message."""
+    return logs_of(runner, done)[-6000:]
 
 
 def logs_of(runner: AirflowRunner, done) -> str:  # type: ignore[no-untyped-def]
@@ -43,81 +96,108 @@ def logs_of(runner: AirflowRunner, done) -> str:  # type: ignore[no-untyped-def]
     return "\n".join([done.stdout, done.stderr, *files])
 
 
-def assert_no_secret(sandbox: FeishuSandbox, text: str) -> None:
+def assert_no_secret(sandbox: FeishuSandbox, *texts: str) -> None:
     assert sandbox.issued_tokens, "the run never fetched a token"
     for secret in [DEFAULT_APP_SECRET, *sandbox.issued_tokens]:
-        assert secret not in text
+        assert all(secret not in text for text in texts)
 
 
-def payroll_totals(path: Path) -> dict[tuple[str, str, str], Decimal]:
+def csv_lines(path: Path) -> Counter[PayrollLine]:
     with path.open(newline="") as handle:
-        return {
-            (row["referral_account_id"], row["bonus_type"], row["currency"]): Decimal(row["amount"])
-            for row in csv.DictReader(handle)
-        }
+        return Counter(
+            (r["referral_account_id"], r["external_order_id"], r["bonus_type"], r["currency"], r["amount"])
+            for r in csv.DictReader(handle)
+        )
 
 
-def balances(accounts: list[Account]) -> dict[tuple[str, str, str], Decimal]:
-    expected: dict[tuple[str, str, str], Decimal] = {}
-    for account in accounts:
-        if account.point_bonus:
-            expected[(account.account_id, "points", "")] = Decimal(account.point_bonus)
-        for currency, amount in account.cash_bonus.items():
-            if amount:
-                expected[(account.account_id, "cash", currency)] = amount
-    return expected
+def last_run_id(runner: AirflowRunner, dag_id: str) -> str:
+    return str(runner.query("SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", dag_id)[0][0])
 
 
-def test_example_payroll_dag_pays_every_account_once_and_exports_to_the_cent(
-    runner: AirflowRunner, tmp_path: Path
-) -> None:
+def ti_states(runner: AirflowRunner, dag_id: str) -> dict[tuple[str, int], tuple[str, int]]:
+    rows = runner.query(
+        "SELECT task_id, map_index, state, try_number FROM task_instance WHERE dag_id = ? AND run_id = ?",
+        dag_id,
+        last_run_id(runner, dag_id),
+    )
+    return {(task, index): (state, tries) for task, index, state, tries in rows}
+
+
+def test_example_payroll_dag_with_the_embedded_ledger_pays_once_and_exports_from_it(runner: AirflowRunner) -> None:
+    embedded = runner.home / "feishu_hire_ledger.db"
+    embedded.unlink(missing_ok=True)
     accounts = [a for a in demo_accounts() if a.enabled]
     ids = [a.account_id for a in accounts]
     with FeishuSandbox(demo_accounts(), rate_limits=False) as sandbox:
-        done = run(
-            runner,
-            sandbox,
-            "example_feishu_referral_payroll",
-            {"referral_account_ids": ids, "output_dir": str(tmp_path)},
-        )
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-        ledger = sandbox.state()["ledger"]
-        assert sorted(entry["referral_account_id"] for entry in ledger) == sorted(ids)
-        (csv_path,) = tmp_path.glob("payroll_*.csv")
-        assert payroll_totals(csv_path) == balances(accounts)
-        with csv_path.open(newline="") as handle:
-            orders = {row["referral_account_id"]: row["external_order_id"] for row in csv.DictReader(handle)}
-        assert orders == {
-            e["referral_account_id"]: e["external_order_id"] for e in ledger if e["referral_account_id"] in orders
-        }
+        done = run(runner, sandbox, PAYROLL_DAG, {"referral_account_ids": ids})  # default output_dir
+        assert done.returncode == 0, failed(runner, done)
+        with sqlite_ledger(embedded) as ledger:
+            assert_paid_exactly_once(ledger, sandbox)
+        run_id = last_run_id(runner, PAYROLL_DAG)
+        (csv_path,) = (runner.home / "feishu_hire_payroll" / PAYROLL_DAG).glob("payroll_*.csv")
+        assert csv_lines(csv_path) == sandbox_payroll(sandbox)
         labels = runner.query(
             "SELECT rendered_map_index FROM task_instance WHERE dag_id = ? AND task_id = ? AND run_id = ?",
-            "example_feishu_referral_payroll",
+            PAYROLL_DAG,
             "withdraw_referral_account",
-            runner.query(
-                "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1",
-                "example_feishu_referral_payroll",
-            )[0][0],
+            run_id,
         )
         assert sorted(label for (label,) in labels) == sorted(ids)
-        assert_no_secret(sandbox, logs_of(runner, done))
+        assert_no_secret(sandbox, logs_of(runner, done), embedded.read_bytes().decode("latin-1"))
 
 
-def test_operator_templates_bonus_types_mapping_and_xcom(runner: AirflowRunner, tmp_path: Path) -> None:
+def test_a_cleared_run_with_a_reordered_grown_list_keeps_everyone_paid_once_on_postgres(
+    runner: AirflowRunner, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    a, b, n = (Account(f"7600000000000000{i}", point_bonus=100 * int(i), cash_bonus={"CNY": Decimal(5)}) for i in "123")
+    uri = postgres.new_database()
+    env = {"AIRFLOW_CONN_FEISHU_HIRE_LEDGER": uri}
+    out = tmp_path / "payroll"
+    with FeishuSandbox([a, b, n], rate_limits=False) as sandbox:
+        conf: dict[str, object] = {"referral_account_ids": [a.account_id, b.account_id], "output_dir": str(out)}
+        first = run_at(runner, sandbox, conf, env)
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        run_id = last_run_id(runner, PAYROLL_DAG)
+        # The run is cleared; the upstream query (no ORDER BY) now returns another order and a newcomer.
+        conf["referral_account_ids"] = [n.account_id, b.account_id, a.account_id]
+        second = run_at(runner, sandbox, conf, env)
+        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+        assert last_run_id(runner, PAYROLL_DAG) == run_id
+        assert sorted(e["referral_account_id"] for e in sandbox.state()["ledger"]) == sorted(
+            [a.account_id, b.account_id, n.account_id]
+        )
+        with Ledger(postgres_ledger_connection(uri), "postgresql") as ledger:
+            assert_paid_exactly_once(ledger, sandbox)
+        (csv_path,) = (out / PAYROLL_DAG).glob("payroll_*.csv")
+        assert csv_lines(csv_path) == sandbox_payroll(sandbox)  # A's 100 points and 500.00 CNY are still there
+        import psycopg2
+
+        with psycopg2.connect(uri) as db, db.cursor() as cur:
+            cur.execute("SELECT referral_account_id, bonus_type, currency, amount FROM feishu_hire_payroll")
+            table = sorted(cur.fetchall())
+        assert [(r[0], r[1], r[2], str(r[3])) for r in table] == sorted(
+            [(x.account_id, "cash", "CNY", "5.00") for x in (a, b, n)]
+            + [(x.account_id, "points", "", str(x.point_bonus)) for x in (a, b, n)]
+        )
+        assert_no_secret(sandbox, logs_of(runner, second), repr(table))
+
+
+def test_operator_templates_bonus_types_mapping_and_xcom(
+    runner: AirflowRunner, tmp_path: Path, ledger_file: Path
+) -> None:
     output = tmp_path / "xcom.json"
     conf = {
         "points_account": "7001000000000000001",
+        "bonus_type": "[1]",  # a rendered list
         "order_id": "9000000000000000001",
         "mapped_accounts": ["7001000000000000003", "7001000000000000004"],
         "output": str(output),
     }
     with FeishuSandbox(demo_accounts(), rate_limits=False) as sandbox:
-        done = run(runner, sandbox, "feishu_operator_checks", conf)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        done = run(runner, sandbox, "feishu_operator_checks", conf, **ledger_env(ledger_file))
+        assert done.returncode == 0, failed(runner, done)
         state = sandbox.state()
         xcom = json.loads(output.read_text())
-
         assert xcom["points_only"] == {
             "referral_account_id": "7001000000000000001",
             "external_order_id": "9000000000000000001",
@@ -132,68 +212,72 @@ def test_operator_templates_bonus_types_mapping_and_xcom(runner: AirflowRunner, 
             {"currency_type": "CNY", "amount": "0.10"},
             {"currency_type": "HKD", "amount": "0.20"},
         ]
-        mapped_orders = {m["external_order_id"] for m in xcom["mapped"]}
-        assert len(mapped_orders) == 2 and all(o.isdigit() for o in mapped_orders)
+        with sqlite_ledger(ledger_file) as ledger:
+            assert_paid_exactly_once(ledger, sandbox)
         rendered = " ".join(
             str(row) for row in runner.query("SELECT rendered_fields FROM rendered_task_instance_fields")
         )
         xcoms = " ".join(str(row) for row in runner.query("SELECT value FROM xcom"))
-        assert_no_secret(sandbox, logs_of(runner, done) + rendered + xcoms)
+        assert_no_secret(sandbox, logs_of(runner, done), rendered, xcoms, ledger_file.read_bytes().decode("latin-1"))
 
 
-def ti_states(runner: AirflowRunner, dag_id: str) -> dict[tuple[str, int], tuple[str, int]]:
-    (run_id,) = runner.query("SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", dag_id)[0]
-    rows = runner.query(
-        "SELECT task_id, map_index, state, try_number FROM task_instance WHERE dag_id = ? AND run_id = ?",
-        dag_id,
-        run_id,
-    )
-    return {(task, index): (state, tries) for task, index, state, tries in rows}
+def test_bad_input_fails_at_once_without_retries_and_sends_nothing(
+    runner: AirflowRunner, tmp_path: Path, ledger_file: Path
+) -> None:
+    conf = {"points_account": "abc/../x", "mapped_accounts": ["7001000000000000003"], "output": str(tmp_path / "x")}
+    with FeishuSandbox(demo_accounts(), rate_limits=False) as sandbox:
+        done = run(runner, sandbox, "feishu_operator_checks", conf, **ledger_env(ledger_file))
+        assert done.returncode != 0
+        states = ti_states(runner, "feishu_operator_checks")
+        assert states[("points_only", -1)] == ("failed", 1)  # no Airflow retries for bad input
+        assert "referral_account_id 'abc/../x' is not a referral account id" in done.stdout + done.stderr
+        assert states[("mapped", 0)][0] == "success"  # nothing already done is lost
+        assert [e["referral_account_id"] for e in sandbox.state()["ledger"]] == ["7001000000000000003"]
+
+        # The example DAG's trigger form refuses such an id before any task starts.
+        refused = run(runner, sandbox, PAYROLL_DAG, {"referral_account_ids": ["abc/../x"]}, **ledger_env(ledger_file))
+        assert refused.returncode != 0
+        assert sandbox.requests["withdraw"] == 1
 
 
 def test_a_deactivated_account_fails_alone_and_the_others_still_reach_payroll(
-    runner: AirflowRunner, tmp_path: Path
+    runner: AirflowRunner, tmp_path: Path, ledger_file: Path
 ) -> None:
     ids = ["7001000000000000001", "7001000000000000009"]  # the second is deactivated
     with FeishuSandbox(demo_accounts(), rate_limits=False) as sandbox:
         done = run(
             runner,
             sandbox,
-            "example_feishu_referral_payroll",
+            PAYROLL_DAG,
             {"referral_account_ids": ids, "output_dir": str(tmp_path)},
+            **ledger_env(ledger_file),
         )
         assert sandbox.requests["withdraw"] == 2  # the deactivated account was not retried
-        ledger = sandbox.state()["ledger"]
-    assert done.returncode != 0 and "1002555" in done.stdout + done.stderr
-    states = ti_states(runner, "example_feishu_referral_payroll")
+        with sqlite_ledger(ledger_file) as ledger:
+            assert_paid_exactly_once(ledger, sandbox)
+        truth = sandbox_payroll(sandbox)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and "1002555" in output
+    assert "1 referral account not paid: account 7001000000000000009" in output  # the facts first, plural right
+    states = ti_states(runner, PAYROLL_DAG)
     assert states[("withdraw_referral_account", 0)] == ("success", 1)
     assert states[("withdraw_referral_account", 1)] == ("failed", 1)  # AirflowFailException: no retries
-    assert states[("export_payroll", -1)][0] == "failed"  # wrote the payroll, then said who is missing
-    (csv_path,) = tmp_path.glob("payroll_*.csv")
-    assert {key[0] for key in payroll_totals(csv_path)} == {"7001000000000000001"}
-    assert [e["referral_account_id"] for e in ledger] == ["7001000000000000001"]
-
-
-@pytest.fixture
-def many_accounts() -> Iterator[list[Account]]:
-    yield [
-        Account(
-            f"70020000000000000{n:02d}",
-            point_bonus=10 * n,
-            cash_bonus={"CNY": Decimal(n) / 100 + Decimal("0.07")},
-        )
-        for n in range(1, 9)
-    ]
+    assert states[("export_payroll", -1)] == ("failed", 1)  # wrote the payroll, then said who is missing
+    (csv_path,) = (tmp_path / PAYROLL_DAG).glob("payroll_*.csv")
+    assert csv_lines(csv_path) == truth
 
 
 def test_mapped_payroll_under_faults_pays_every_account_exactly_once(
-    runner: AirflowRunner, tmp_path: Path, many_accounts: list[Account]
+    runner: AirflowRunner, tmp_path: Path, ledger_file: Path
 ) -> None:
-    ids = [a.account_id for a in many_accounts]
-    expected = balances(many_accounts)
-    with FeishuSandbox(many_accounts, rate_limits=False) as sandbox:
+    accounts = [
+        Account(f"70020000000000000{n:02d}", point_bonus=10 * n, cash_bonus={"CNY": Decimal(n) / 100 + Decimal("0.07")})
+        for n in range(1, 9)
+    ]
+    ids = [a.account_id for a in accounts]
+    with FeishuSandbox(accounts, rate_limits=False) as sandbox:
         # Two attempts per call, so three 500s in a row also exhaust one task try and
-        # need Airflow's retry, which must reuse the task instance's external_order_id.
+        # need Airflow's retry, which must reuse the external_order_id.
         sandbox.inject("http_500", times=3)
         sandbox.inject("drop_after_commit", times=2)
         sandbox.inject("slow", seconds=1.0)
@@ -204,65 +288,61 @@ def test_mapped_payroll_under_faults_pays_every_account_exactly_once(
         done = run(
             runner,
             sandbox,
-            "example_feishu_referral_payroll",
+            PAYROLL_DAG,
             {"referral_account_ids": ids, "output_dir": str(tmp_path)},
             timeout=0.5,
             max_attempts=2,
             backoff_base=0.05,
             backoff_max=0.1,
+            **ledger_env(ledger_file),
         )
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert done.returncode == 0, failed(runner, done)
         assert sandbox.faults == []  # every fault was met
-        ledger = sandbox.state()["ledger"]
-        assert sorted(entry["referral_account_id"] for entry in ledger) == sorted(ids)  # each exactly once
-        (csv_path,) = tmp_path.glob("payroll_*.csv")
-        assert payroll_totals(csv_path) == expected
+        assert sorted(e["referral_account_id"] for e in sandbox.state()["ledger"]) == sorted(ids)
+        with sqlite_ledger(ledger_file) as ledger:
+            assert_paid_exactly_once(ledger, sandbox)
+        (csv_path,) = (tmp_path / PAYROLL_DAG).glob("payroll_*.csv")
+        assert csv_lines(csv_path) == sandbox_payroll(sandbox)
         retried = runner.query(
-            "SELECT count(*) FROM task_instance WHERE dag_id = ? AND task_id = ? AND try_number > 1",
-            "example_feishu_referral_payroll",
+            "SELECT count(*) FROM task_instance WHERE dag_id = ? AND task_id = ? AND run_id = ? AND try_number > 1",
+            PAYROLL_DAG,
             "withdraw_referral_account",
+            last_run_id(runner, PAYROLL_DAG),
         )
         assert retried[0][0] >= 1  # Airflow itself retried at least one account
-        assert_no_secret(sandbox, logs_of(runner, done))
+        assert_no_secret(sandbox, logs_of(runner, done), ledger_file.read_bytes().decode("latin-1"))
 
 
 def test_batch_example_pays_everyone_once_skips_empty_accounts_and_exports(
-    runner: AirflowRunner, tmp_path: Path
+    runner: AirflowRunner, tmp_path: Path, ledger_file: Path
 ) -> None:
-    accounts = [a for a in demo_accounts() if a.enabled]
-    ids = [a.account_id for a in accounts]
-    conf = {"referral_account_ids": ids, "output_dir": str(tmp_path / "out"), "results_dir": str(tmp_path / "journals")}
+    ids = [a.account_id for a in demo_accounts() if a.enabled]
+    conf = {"referral_account_ids": ids, "output_dir": str(tmp_path)}
     with FeishuSandbox(demo_accounts(), rate_limits=False) as sandbox:
-        done = run(runner, sandbox, "example_feishu_referral_batch_payroll", conf)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        ledger = sandbox.state()["ledger"]
+        done = run(runner, sandbox, BATCH_DAG, conf, **ledger_env(ledger_file))
+        assert done.returncode == 0, failed(runner, done)
         assert sandbox.requests["token"] == 1  # one token for the whole batch
+        assert "7001000000000000005" not in {e["referral_account_id"] for e in sandbox.state()["ledger"]}  # empty
+        with sqlite_ledger(ledger_file) as ledger:
+            assert_paid_exactly_once(ledger, sandbox)
+        (csv_path,) = (tmp_path / BATCH_DAG).glob("payroll_*.csv")
+        assert csv_lines(csv_path) == sandbox_payroll(sandbox)
         assert_no_secret(sandbox, logs_of(runner, done))
-    paid = sorted(e["referral_account_id"] for e in ledger)
-    assert paid == sorted(a.account_id for a in accounts if a.point_bonus or a.cash_bonus)  # empty one skipped
-    (csv_path,) = (tmp_path / "out").glob("payroll_*.csv")
-    assert payroll_totals(csv_path) == balances(accounts)
 
 
 def test_batch_pays_the_others_exports_them_then_fails_without_retry_on_a_bad_account(
-    runner: AirflowRunner, tmp_path: Path
+    runner: AirflowRunner, tmp_path: Path, ledger_file: Path
 ) -> None:
     good = ["7001000000000000001", "7001000000000000002", "7001000000000000003"]
-    conf = {
-        "referral_account_ids": [good[0], "7001000000000000009", *good[1:]],
-        "output_dir": str(tmp_path / "out"),
-        "results_dir": str(tmp_path / "journals"),
-    }
+    conf = {"referral_account_ids": [good[0], "7001000000000000009", *good[1:]], "output_dir": str(tmp_path)}
     with FeishuSandbox(demo_accounts(), rate_limits=False) as sandbox:
-        done = run(runner, sandbox, "example_feishu_referral_batch_payroll", conf)
-        ledger = sandbox.state()["ledger"]
+        done = run(runner, sandbox, BATCH_DAG, conf, **ledger_env(ledger_file))
+        assert sorted(e["referral_account_id"] for e in sandbox.state()["ledger"]) == good
+        truth = sandbox_payroll(sandbox)
     assert done.returncode != 0
-    assert sorted(e["referral_account_id"] for e in ledger) == good
-    assert "1 referral accounts failed permanently" in done.stdout + done.stderr
-    states = ti_states(runner, "example_feishu_referral_batch_payroll")
+    assert "1 referral account not paid (first: 7001000000000000009, rejected" in done.stdout + done.stderr
+    states = ti_states(runner, BATCH_DAG)
     assert states[("withdraw_referral_accounts", -1)] == ("failed", 1)
     assert states[("export_payroll", -1)][0] == "failed"
-    (csv_path,) = (tmp_path / "out").glob("payroll_*.csv")
-    assert {key[0] for key in payroll_totals(csv_path)} == set(good)
-    (journal,) = (tmp_path / "journals").glob("*.jsonl")
-    assert any('"code":1002555' in line for line in journal.read_text().splitlines())
+    (csv_path,) = (tmp_path / BATCH_DAG).glob("payroll_*.csv")
+    assert csv_lines(csv_path) == truth

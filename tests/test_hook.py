@@ -75,3 +75,18 @@ def test_test_connection_names_a_missing_scope(monkeypatch: pytest.MonkeyPatch) 
         assert sandbox.state()["ledger"] == []
     assert not ok
     assert "hire:referral_account" in message and "99991672" in message
+
+
+def test_null_or_empty_extras_mean_the_defaults(sandbox: FeishuSandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection form saves empty fields as null: that must not break every task."""
+    extra = {"backoff_base": None, "timeout": "", "max_attempts": None, "withdraw_rate_limit": None}
+    monkeypatch.setenv("AIRFLOW_CONN_FEISHU_HIRE_DEFAULT", connection_json(sandbox.url, **extra))
+    client = FeishuHireHook().client
+    assert (client.timeout, client.retry.max_attempts, client.retry.backoff_base) == (10.0, 5, 0.5)
+    assert client.withdraw_limiter is not None and client.get_tenant_access_token()
+
+
+def test_a_non_numeric_extra_is_named(sandbox: FeishuSandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_FEISHU_HIRE_DEFAULT", connection_json(sandbox.url, backoff_base="soon"))
+    with pytest.raises(ValueError, match="backoff_base"):
+        FeishuHireHook().client  # noqa: B018

@@ -1,39 +1,43 @@
-"""The payroll CSV: one row per paid item, exact money, atomic and repeatable."""
+"""The payroll from ledger rows: one row per paid item, exact money, collision-free names, never fewer rows."""
 
 from __future__ import annotations
 
 import csv
 import os
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from airflow_provider_feishu_hire.payroll import COLUMNS, trans_time_iso, write_payroll_csv
+from airflow_provider_feishu_hire.ledger import PAID, REJECTED, REVIEW, SENDING, SKIPPED, LedgerRow
+from airflow_provider_feishu_hire.payroll import (
+    COLUMNS,
+    PayrollError,
+    completeness,
+    payroll_csv_path,
+    payroll_rows,
+    trans_time_iso,
+    write_payroll_csv,
+)
+from airflow_provider_feishu_hire.withdrawal import Withdrawal
 
-RECORDS = [
-    {
-        "referral_account_id": "7002",
-        "external_order_id": "22",
-        "trans_time": "1683634459543",
-        "withdrawal_details": {
-            "point_bonus": 0,
-            "cash_bonus": [
-                {"currency_type": "CNY", "amount": "0.10"},
-                {"currency_type": "USD", "amount": "0.20"},
-            ],
-        },
-    },
-    {
-        "referral_account_id": "7001",
-        "external_order_id": "11",
-        "trans_time": "1683634459001",
-        "withdrawal_details": {
-            "point_bonus": 100,
-            "cash_bonus": [{"currency_type": "CNY", "amount": "0.00"}],
-        },
-    },
+RUN_ID = "scheduled__2026-11-25T10:00:00+00:00"
+
+
+def paid(account: str, order: str, trans_time: int, points: int, **cash: str) -> LedgerRow:
+    amounts = {currency: Decimal(amount) for currency, amount in cash.items()}
+    withdrawal = Withdrawal(account, order, trans_time, points, amounts)
+    return LedgerRow(order, account, PAID, "payroll", RUN_ID, "withdraw", 1, withdrawal=withdrawal, cash=amounts)
+
+
+def row(account: str, order: str, status: str) -> LedgerRow:
+    return LedgerRow(order, account, status, "payroll", RUN_ID, "withdraw", 1, error_code=1002555, error_msg="no")
+
+
+ROWS = [
+    paid("7002", "22", 1683634459543, 0, CNY="0.10", USD="0.20"),
+    paid("7001", "11", 1683634459001, 100, CNY="0.00"),
 ]
-RUN_ID = "manual__2026-11-25T10:00:00+00:00"
 
 
 def read(path: Path) -> list[dict[str, str]]:
@@ -42,9 +46,7 @@ def read(path: Path) -> list[dict[str, str]]:
 
 
 def test_rows_are_the_non_zero_items_with_exact_money(tmp_path: Path) -> None:
-    path = write_payroll_csv(RECORDS, tmp_path, RUN_ID)
-
-    assert path.parent == tmp_path and path.name == "payroll_manual__2026-11-25T10_00_00_00_00.csv"
+    path = write_payroll_csv(payroll_rows(ROWS), tmp_path / "p.csv")
     rows = read(path)
     assert list(rows[0]) == list(COLUMNS)
     assert [(r["referral_account_id"], r["bonus_type"], r["currency"], r["amount"]) for r in rows] == [
@@ -53,17 +55,28 @@ def test_rows_are_the_non_zero_items_with_exact_money(tmp_path: Path) -> None:
         ("7002", "cash", "USD", "0.20"),
     ]
     assert rows[0]["trans_time"] == "2023-05-09T12:14:19.001+00:00"
+    assert {r["run_id"] for r in payroll_rows(ROWS)} == {RUN_ID}  # the table rows name the run that paid
 
 
-def test_re_export_of_the_same_run_writes_identical_bytes(tmp_path: Path) -> None:
-    first = write_payroll_csv(RECORDS, tmp_path, RUN_ID).read_bytes()
-    second = write_payroll_csv(list(reversed(RECORDS)), tmp_path, RUN_ID).read_bytes()
+def test_re_export_writes_identical_bytes_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    first = write_payroll_csv(payroll_rows(ROWS), tmp_path / "p.csv").read_bytes()
+    second = write_payroll_csv(payroll_rows(list(reversed(ROWS))), tmp_path / "p.csv").read_bytes()
     assert first == second
-    assert sorted(os.listdir(tmp_path)) == ["payroll_manual__2026-11-25T10_00_00_00_00.csv"]  # no temp files left
+    assert os.listdir(tmp_path) == ["p.csv"]
+
+
+def test_an_export_with_fewer_rows_never_replaces_a_fuller_one(tmp_path: Path) -> None:
+    path = write_payroll_csv(payroll_rows(ROWS), tmp_path / "p.csv")
+    before = path.read_bytes()
+    with pytest.raises(PayrollError, match="refusing to replace"):
+        write_payroll_csv(payroll_rows(ROWS[:1]), path)  # e.g. a header-only export after a failed upstream
+    assert path.read_bytes() == before
+    more = [*ROWS, paid("7003", "33", 1683634460000, 5)]
+    assert len(read(write_payroll_csv(payroll_rows(more), path))) == 4  # a superset replaces it
 
 
 def test_a_failed_write_leaves_the_previous_file_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write_payroll_csv(RECORDS, tmp_path, RUN_ID)
+    path = write_payroll_csv(payroll_rows(ROWS[1:]), tmp_path / "p.csv")
     before = path.read_bytes()
 
     def disk_full(src: str, dst: str) -> None:
@@ -71,20 +84,47 @@ def test_a_failed_write_leaves_the_previous_file_whole(tmp_path: Path, monkeypat
 
     monkeypatch.setattr(os, "replace", disk_full)  # the rename, after the rows were written
     with pytest.raises(OSError):
-        write_payroll_csv(RECORDS[:1], tmp_path, RUN_ID)
+        write_payroll_csv(payroll_rows(ROWS), path)
     assert path.read_bytes() == before
-    assert os.listdir(tmp_path) == [path.name]  # the temporary file is gone too
+    assert os.listdir(tmp_path) == [path.name]
 
 
 def test_cash_with_more_than_two_places_is_never_rounded(tmp_path: Path) -> None:
-    record = {**RECORDS[0], "withdrawal_details": {"cash_bonus": [{"currency_type": "CNY", "amount": "0.105"}]}}
-    (row,) = read(write_payroll_csv([record], tmp_path, RUN_ID))
-    assert row["amount"] == "0.105"
+    (out,) = read(write_payroll_csv(payroll_rows([paid("7001", "1", 1, 0, CNY="0.105")]), tmp_path / "p.csv"))
+    assert out["amount"] == "0.105"
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (("dag", "run:1"), ("dag", "run_1")),  # ':' and '_' once collapsed into one file
+        (("dag", "run+1"), ("dag", "run_1")),
+        (("dag", "run~1"), ("dag", "run_1")),
+        (("dag_a", RUN_ID), ("dag_b", RUN_ID)),  # two DAGs, one scheduled run id
+        (("a", "b/c"), ("a/b", "c")),
+    ],
+)
+def test_distinct_dag_runs_never_share_a_file(a: tuple[str, str], b: tuple[str, str], tmp_path: Path) -> None:
+    first, second = payroll_csv_path(tmp_path, *a), payroll_csv_path(tmp_path, *b)
+    assert first != second
+    assert tmp_path in first.parents and tmp_path in second.parents
 
 
 def test_empty_output_dir_is_refused() -> None:
     with pytest.raises(ValueError, match="output_dir"):
-        write_payroll_csv(RECORDS, "  ", RUN_ID)
+        payroll_csv_path("  ", "dag", RUN_ID)
+
+
+def test_completeness_blocks_on_unknown_outcomes_and_names_who_was_not_paid() -> None:
+    rows = [*ROWS, row("7009", "99", REJECTED), row("7005", "55", SKIPPED)]
+    check = completeness(rows, ["7001", "7002", "7005", "7009", "7010"])
+    assert check.open == []
+    assert set(check.not_paid) == {"7009", "7010"}
+    assert "no withdrawal in the ledger" in check.not_paid["7010"]
+
+    blocked = completeness([*rows, row("7011", "77", SENDING), row("7012", "88", REVIEW)])
+    assert [r.referral_account_id for r in blocked.open] == ["7011", "7012"]
+    assert blocked.open_message().startswith("2 withdrawals without a known outcome")
 
 
 def test_trans_time_keeps_milliseconds_in_utc() -> None:

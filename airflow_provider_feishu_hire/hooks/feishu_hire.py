@@ -65,25 +65,25 @@ class FeishuHireHook(BaseHook):
 
     def _build_client(self, retry: RetryPolicy | None = None) -> FeishuClient:
         conn = self.get_connection(self.feishu_hire_conn_id)
-        extra = conn.extra_dejson
+        extra = conn.extra_dejson if isinstance(conn.extra_dejson, dict) else {}
         defaults = RetryPolicy()
         return FeishuClient(
             conn.login or "",
             conn.password or "",
             _base_url(conn.host, conn.port),
-            timeout=float(extra.get("timeout") or 10),
+            timeout=_number(extra, "timeout", 10.0),
             retry=retry
             or RetryPolicy(
-                max_attempts=int(extra.get("max_attempts") or defaults.max_attempts),
-                backoff_base=float(extra.get("backoff_base", defaults.backoff_base)),
-                backoff_max=float(extra.get("backoff_max", defaults.backoff_max)),
-                budget=float(extra.get("retry_budget", defaults.budget)),
+                max_attempts=int(_number(extra, "max_attempts", defaults.max_attempts)),
+                backoff_base=_number(extra, "backoff_base", defaults.backoff_base),
+                backoff_max=_number(extra, "backoff_max", defaults.backoff_max),
+                budget=_number(extra, "retry_budget", defaults.budget),
             ),
             withdraw_limiter=_limiter(
-                self.withdraw_per_minute, extra.get("withdraw_rate_limit"), WITHDRAW_LIMIT_PER_MINUTE, 60.0
+                self.withdraw_per_minute, _number(extra, "withdraw_rate_limit", None), WITHDRAW_LIMIT_PER_MINUTE, 60.0
             ),
             assets_limiter=_limiter(
-                self.assets_per_second, extra.get("assets_rate_limit"), ACCOUNT_ASSETS_LIMIT_PER_SECOND, 1.0
+                self.assets_per_second, _number(extra, "assets_rate_limit", None), ACCOUNT_ASSETS_LIMIT_PER_SECOND, 1.0
             ),
             # Registered before the token is used anywhere, so no log line can show it.
             on_new_token=mask_secret,
@@ -129,7 +129,20 @@ class FeishuHireHook(BaseHook):
         )
 
 
-def _limiter(override: float | None, configured: Any, published: int, period: float) -> RateLimiter | None:
+def _number(extra: dict[str, Any], key: str, default: Any) -> Any:
+    """A numeric extra; absent, null or empty means the default (the form saves empty fields as null)."""
+    value = extra.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"connection extra {key} must be a number, got {value!r}") from None
+
+
+def _limiter(override: float | None, configured: float | None, published: int, period: float) -> RateLimiter | None:
     """The operator's limit, else the connection's, else Feishu's published one; 0 means no pacing."""
     limit = float(override if override is not None else configured if configured is not None else published)
     return RateLimiter(limit, period) if limit > 0 else None

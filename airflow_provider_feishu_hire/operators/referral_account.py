@@ -1,13 +1,14 @@
-"""Operators that withdraw referral-account balances.
+"""Operators that withdraw referral-account balances through the payout ledger.
 
 Only the standard library and ``airflow.sdk`` are imported here: every DAG file that
-uses these operators pays for this module's imports on every parse. The hook, and
-with it ``requests``, is imported when a task runs.
+uses these operators pays for this module's imports on every parse. The hooks, and with
+them ``requests`` and the database drivers, are imported when a task runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -21,28 +22,44 @@ from airflow_provider_feishu_hire.withdrawal import (
     check_referral_account_ids,
     check_withdraw_bonus_type,
     derive_external_order_id,
-    describe_withdrawal,
-    withdrawal_record,
+    plural,
 )
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_provider_feishu_hire.ledger import Intent
+
 FEISHU_BLUE = "#3370ff"
+DEFAULT_LEDGER_CONN_ID = "feishu_hire_ledger"
+
+
+@contextmanager
+def input_errors_fail_the_task() -> Iterator[None]:
+    """Bad input cannot get better by waiting: fail at once, without Airflow's retries."""
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
 
 
 class ReferralWithdrawOperator(BaseOperator):
-    """Withdraw the whole balance of one referral account and return what was paid.
+    """Withdraw the whole balance of one referral account, exactly once, and return what was paid.
 
-    The return value (and XCom) is the API's ``data`` plus ``referral_account_id``, with
-    cash amounts as decimal strings. Without an ``external_order_id`` one is derived from
-    the DAG run, task, map index and account, so Airflow's retries of this task instance
-    reuse it and Feishu pays once. Errors that retrying cannot fix (unknown or
-    deactivated account, bad parameters, missing scope, bad credentials) fail the task
-    without retries; transient ones are retried by the client, then by Airflow.
+    The withdrawal goes through the payout ledger (``ledger_conn_id``): the intent is
+    recorded before Feishu is called and the answer after, so a retry, a clear or a zombie
+    try on another worker finds it there. Without an ``external_order_id`` one is derived
+    from the DAG, run, task and account (not the map index), so a re-ordered or grown list
+    replays instead of withdrawing anew. An order id the ledger holds for another account
+    is refused before anything is sent.
 
-    Map it over accounts with ``.partial(...).expand(referral_account_id=[...])``; each
-    mapped instance is labelled in the UI by its account id.
+    The return value (XCom) is the API's ``data`` plus ``referral_account_id``, cash amounts
+    as decimal strings. Errors retrying cannot fix (bad input, unknown or deactivated
+    account, missing scope, an answer to review) fail the task without retries.
+
+    Map it with ``.partial(...).expand(referral_account_id=[...])``; with your own order
+    ids, pair them: ``.expand_kwargs([{"referral_account_id": a, "external_order_id": o}, ...])``.
+    Each mapped instance is labelled by its account id.
     """
 
     template_fields: Sequence[str] = ("referral_account_id", "withdraw_bonus_type", "external_order_id")
@@ -56,6 +73,7 @@ class ReferralWithdrawOperator(BaseOperator):
         withdraw_bonus_type: object = (POINTS, CASH),
         external_order_id: str | None = None,
         feishu_hire_conn_id: str = "feishu_hire_default",
+        ledger_conn_id: str = DEFAULT_LEDGER_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -63,6 +81,7 @@ class ReferralWithdrawOperator(BaseOperator):
         self.withdraw_bonus_type = withdraw_bonus_type
         self.external_order_id = external_order_id
         self.feishu_hire_conn_id = feishu_hire_conn_id
+        self.ledger_conn_id = ledger_conn_id
 
     @classmethod
     def partial(cls, **kwargs: Any) -> Any:
@@ -70,38 +89,46 @@ class ReferralWithdrawOperator(BaseOperator):
 
         Airflow takes the label template from ``partial()``, not from the unmapped
         operator's ``__init__``, so the default has to be set here. An order id in
-        ``partial()`` would be shared by every mapped account, and Feishu would answer
-        the second account with the first one's withdrawal: refused.
+        ``partial()`` would be shared by every mapped account: refused.
         """
         if kwargs.get("external_order_id") is not None:
             raise ValueError(
-                "external_order_id in partial() would be shared by every mapped account; "
-                "expand it together with referral_account_id, or leave it out to derive one per account"
+                "external_order_id in partial() would be shared by every mapped account, and Feishu would "
+                "answer the second account with the first one's withdrawal. Leave it out to derive one per "
+                "account, or pair each account with its own id: .expand_kwargs([{'referral_account_id': ..., "
+                "'external_order_id': ...}, ...]) (not .expand() over two lists, which is a cross product)"
             )
         kwargs.setdefault("map_index_template", "{{ task.referral_account_id }}")
         return super().partial(**kwargs)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_provider_feishu_hire.exceptions import FeishuAPIError
         from airflow_provider_feishu_hire.hooks.feishu_hire import FeishuHireHook
+        from airflow_provider_feishu_hire.hooks.ledger import FeishuHireLedgerHook
+        from airflow_provider_feishu_hire.ledger import SENDING
+        from airflow_provider_feishu_hire.payout import withdraw_account
 
-        account_id = check_referral_account_id(self.referral_account_id)
-        bonus_types = check_withdraw_bonus_type(self.withdraw_bonus_type)
-        if self.external_order_id is None:
-            order_id = _order_id_for(context, account_id)
-        else:
-            order_id = check_external_order_id(self.external_order_id)
-
-        hook = FeishuHireHook(feishu_hire_conn_id=self.feishu_hire_conn_id)
+        with input_errors_fail_the_task():
+            account_id = check_referral_account_id(self.referral_account_id)
+            bonus_types = check_withdraw_bonus_type(self.withdraw_bonus_type)
+            order_id = None if self.external_order_id is None else check_external_order_id(self.external_order_id)
+            hook = FeishuHireHook(feishu_hire_conn_id=self.feishu_hire_conn_id)
+            client = hook.client
+            ledger_hook = FeishuHireLedgerHook(self.ledger_conn_id)
+            ledger = ledger_hook.ledger  # an unusable ledger is a configuration error: no retries
         try:
-            data = hook.withdraw_referral_account(account_id, bonus_types, order_id)
-        except FeishuAPIError as err:
-            if not err.retryable:
-                raise AirflowFailException(str(err)) from None
-            raise
-        record = withdrawal_record(account_id, data)
-        self.log.info("Withdrew %s", describe_withdrawal(record))
-        return record
+            with input_errors_fail_the_task():  # an order id the ledger holds for another account
+                outcome = withdraw_account(
+                    client, ledger, _intent(context, client.app_id, account_id, bonus_types, order_id)
+                )
+        finally:
+            ledger_hook.close()
+            client.close()
+        if outcome.withdrawal is None:
+            if outcome.status == SENDING:  # Feishu may have committed: the retry sends the same order id
+                raise RuntimeError(f"{outcome.describe()}; a retry resends the same order id")
+            raise AirflowFailException(outcome.describe())
+        self.log.info("Withdrew %s", outcome.describe())
+        return outcome.withdrawal.as_xcom()
 
 
 class ReferralBatchWithdrawOperator(BaseOperator):
@@ -114,16 +141,15 @@ class ReferralBatchWithdrawOperator(BaseOperator):
     ``check_balances`` each account's balance is read first (at Feishu's separate 10 a
     second) and accounts with nothing to withdraw are skipped, saving withdraw quota.
 
-    Every account's outcome goes to a JSON-lines journal in ``results_dir`` (which must be
-    reachable by every worker that may run a retry, and by downstream readers). The
-    journal makes the task resumable: a retry carries over the accounts already paid and
-    re-sends the rest with the same deterministic ``external_order_id``, so no account is
-    paid twice. One account's failure never stops the others: the task pays everything it
-    can, then fails if any account failed, and is retried by Airflow only if a retry can
-    help. The return value (XCom) is a bounded summary with the journal's path.
+    Every account goes through the payout ledger, so a retry on any worker carries over
+    what was paid and re-sends the rest with the same derived order ids, and an account
+    whose earlier outcome is unknown is never skipped on a zero balance. One account's
+    failure never stops the others: the task pays everything it can, then fails if any
+    account was not settled, retried by Airflow only when a retry can help. The return
+    value (XCom) is a bounded summary.
     """
 
-    template_fields: Sequence[str] = ("referral_account_ids", "withdraw_bonus_type", "results_dir")
+    template_fields: Sequence[str] = ("referral_account_ids", "withdraw_bonus_type")
     ui_color = FEISHU_BLUE
     ui_fgcolor = "#ffffff"
 
@@ -131,96 +157,99 @@ class ReferralBatchWithdrawOperator(BaseOperator):
         self,
         *,
         referral_account_ids: object,
-        results_dir: str,
         withdraw_bonus_type: object = (POINTS, CASH),
         check_balances: bool = False,
         max_workers: int = 4,
         withdraw_per_minute: float | None = None,
         assets_per_second: float | None = None,
         feishu_hire_conn_id: str = "feishu_hire_default",
+        ledger_conn_id: str = DEFAULT_LEDGER_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if max_workers < 1:
             raise ValueError("max_workers must be at least 1")
         self.referral_account_ids = referral_account_ids
-        self.results_dir = results_dir
         self.withdraw_bonus_type = withdraw_bonus_type
         self.check_balances = check_balances
         self.max_workers = max_workers
         self.withdraw_per_minute = withdraw_per_minute
         self.assets_per_second = assets_per_second
         self.feishu_hire_conn_id = feishu_hire_conn_id
+        self.ledger_conn_id = ledger_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_provider_feishu_hire.batch import journal_path, withdraw_batch
         from airflow_provider_feishu_hire.hooks.feishu_hire import FeishuHireHook
+        from airflow_provider_feishu_hire.hooks.ledger import FeishuHireLedgerHook
+        from airflow_provider_feishu_hire.payout import withdraw_batch
 
-        account_ids = check_referral_account_ids(self.referral_account_ids)
-        bonus_types = check_withdraw_bonus_type(self.withdraw_bonus_type)
-        if not str(self.results_dir or "").strip():
-            raise ValueError("results_dir is empty: name a folder every worker can reach")
-        results_path = journal_path(
-            self.results_dir,
-            dag_id=self.dag_id,
-            run_id=context["run_id"],
-            task_id=self.task_id,
-            map_index=_map_index(context),
-        )
-
-        hook = FeishuHireHook(
-            feishu_hire_conn_id=self.feishu_hire_conn_id,
-            withdraw_per_minute=self.withdraw_per_minute,
-            assets_per_second=self.assets_per_second,
-            pool_size=self.max_workers,
-        )
-        self.log.info("Withdrawing %d referral accounts; journal %s", len(account_ids), results_path)
-        summary = withdraw_batch(
-            hook.client,
-            account_ids,
-            bonus_types=bonus_types,
-            order_id_for=lambda account_id: _order_id_for(context, account_id),
-            results_path=results_path,
-            check_balances=self.check_balances,
-            max_workers=self.max_workers,
-            earlier_tries=context["ti"].try_number > 1,
-        )
+        with input_errors_fail_the_task():
+            account_ids = check_referral_account_ids(self.referral_account_ids)
+            bonus_types = check_withdraw_bonus_type(self.withdraw_bonus_type)
+            hook = FeishuHireHook(
+                feishu_hire_conn_id=self.feishu_hire_conn_id,
+                withdraw_per_minute=self.withdraw_per_minute,
+                assets_per_second=self.assets_per_second,
+                pool_size=self.max_workers,
+            )
+            client = hook.client
+            ledger_hook = FeishuHireLedgerHook(self.ledger_conn_id)
+            ledger = ledger_hook.ledger
+        self.log.info("Withdrawing %d referral accounts", len(account_ids))
+        try:
+            summary = withdraw_batch(
+                client,
+                ledger,
+                account_ids,
+                intent_for=lambda account_id: _intent(context, client.app_id, account_id, bonus_types, None),
+                check_balances=self.check_balances,
+                max_workers=self.max_workers,
+            )
+        finally:
+            ledger_hook.close()
+            client.close()
         result = summary.as_xcom()
         self.log.info(
-            "Paid %d (%d by an earlier try), skipped %d, failed %d permanently and %d transiently; points %d, cash %s",
+            "Paid %d of %d referral accounts (%d by an earlier try), skipped %d; points %d, cash %s",
             summary.paid,
+            summary.total,
             summary.carried_over,
             summary.skipped,
-            summary.failed_permanent,
-            summary.failed_transient,
             summary.point_bonus,
-            result["cash_bonus"] or "none",
+            ", ".join(f"{amount} {currency}" for currency, amount in result["cash_bonus"].items()) or "none",
         )
-        if summary.failed_transient:
+        unsettled = summary.open + summary.rejected + summary.review
+        if not unsettled:
+            return result
+        first = summary.problems[0]
+        head = (
+            f"{plural(unsettled, 'referral account')} not paid (first: {first['referral_account_id']}, "
+            f"{first['status']}, {first['message']}); the other {summary.paid} are paid and in the ledger"
+        )
+        if summary.open:
             # A retry carries over what was paid and re-sends the rest with the same order ids.
-            raise RuntimeError(
-                f"{summary.failed_transient} referral accounts failed transiently; a retry resumes from {results_path}"
-            )
-        if summary.failed_permanent:
-            raise AirflowFailException(
-                f"{summary.failed_permanent} referral accounts failed permanently (first: "
-                f"{summary.failures[0]['referral_account_id']} code {summary.failures[0]['code']}); "
-                f"all others were paid. Details: {results_path}"
-            )
-        return result
+            raise RuntimeError(f"{head}. {plural(summary.open, 'referral account')} may succeed on a retry")
+        raise AirflowFailException(
+            f"{head}. Retrying cannot help: {summary.rejected} refused, {summary.review} to review"
+        )
 
 
-def _map_index(context: Context) -> int:
-    map_index = context["ti"].map_index
-    return -1 if map_index is None else map_index
+def _intent(context: Context, app_id: str, account_id: str, bonus_types: Sequence[int], order_id: str | None) -> Intent:
+    from airflow_provider_feishu_hire.ledger import Intent
 
-
-def _order_id_for(context: Context, referral_account_id: str) -> str:
     ti = context["ti"]
-    return derive_external_order_id(
+    run_id = context["run_id"]
+    return Intent(
+        external_order_id=order_id
+        or derive_external_order_id(
+            dag_id=ti.dag_id, run_id=run_id, task_id=ti.task_id, referral_account_id=account_id
+        ),
+        referral_account_id=account_id,
+        withdraw_bonus_type=tuple(bonus_types),
+        app_id=app_id,
         dag_id=ti.dag_id,
-        run_id=context["run_id"],
+        run_id=run_id,
         task_id=ti.task_id,
-        map_index=_map_index(context),
-        referral_account_id=referral_account_id,
+        map_index=-1 if ti.map_index is None else ti.map_index,
+        try_number=ti.try_number,
     )

@@ -1,4 +1,4 @@
-"""DAG used by tests/test_dags.py: the operator templated, restricted to points, and mapped."""
+"""DAG used by tests/test_dags.py: the operator templated, restricted to points, mapped, and fed bad input."""
 
 from __future__ import annotations
 
@@ -16,13 +16,14 @@ from airflow_provider_feishu_hire.operators.referral_account import ReferralWith
     dag_id="feishu_operator_checks",
     schedule=None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    params={"points_account": "", "order_id": "", "mapped_accounts": [], "output": ""},
+    params={"points_account": "", "bonus_type": "points", "order_id": "", "mapped_accounts": [], "output": ""},
+    default_args={"retries": 2},
 )
 def feishu_operator_checks() -> None:
     points_only = ReferralWithdrawOperator(
         task_id="points_only",
         referral_account_id="{{ params.points_account }}",
-        withdraw_bonus_type="points",
+        withdraw_bonus_type="{{ params.bonus_type }}",
         external_order_id="{{ params.order_id }}",
     )
 
