@@ -12,7 +12,11 @@ VENV := .venv
 LOWEST_VENV := .venv-lowest
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: demo airflow test lint typecheck pytest pytest-lowest browser-deps clean
+.PHONY: demo airflow test lint typecheck pytest pytest-lowest browser-deps postgres-deps clean
+
+# The ledger tests start their own PostgreSQL server (Debian's postgresql: initdb and
+# pg_ctl on a port of their own); `make test` insists that they run.
+export FEISHU_HIRE_TEST_POSTGRES := required
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +43,14 @@ browser-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	else echo "chromium is missing and cannot be installed here: the browser test will be skipped"; fi
 
+# Debian's PostgreSQL server binaries, installed when missing and we may use apt; no
+# cluster is created or started here (the tests run their own, and stop it).
+postgres-deps:
+	@if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else echo "PostgreSQL is missing and cannot be installed here: install Debian's postgresql"; exit 1; fi
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -46,12 +58,12 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
-pytest: $(VENV)/.installed browser-deps
+pytest: $(VENV)/.installed browser-deps postgres-deps
 	$(VENV)/bin/pytest
 
 # The lowest Airflow we declare gets the same suite: provider metadata that its schema
 # does not know, or an airflow.sdk name it lacks, would break users there first.
-pytest-lowest: $(LOWEST_VENV)/.installed
+pytest-lowest: $(LOWEST_VENV)/.installed postgres-deps
 	$(LOWEST_VENV)/bin/pytest -m "not browser"
 
 test: lint typecheck pytest pytest-lowest
