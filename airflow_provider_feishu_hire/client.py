@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -98,6 +98,13 @@ class RetryPolicy:
     def backoff(self, attempt: int) -> float:
         ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
         return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+class Pace(Protocol):
+    """Anything that waits until the next call may go: :class:`RateLimiter` in one process, or
+    the ledger's ``SharedPace`` across processes and machines."""
+
+    def acquire(self) -> None: ...
 
 
 class RateLimiter:
@@ -207,8 +214,8 @@ class FeishuClient:
         *,
         timeout: float = 10.0,
         retry: RetryPolicy | None = None,
-        withdraw_limiter: RateLimiter | None = None,
-        assets_limiter: RateLimiter | None = None,
+        withdraw_limiter: Pace | None = None,
+        assets_limiter: Pace | None = None,
         on_new_token: Callable[[str], None] | None = None,
         pool_size: int = 10,
     ) -> None:
@@ -335,7 +342,7 @@ class FeishuClient:
         json: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
         authorized: bool = True,
-        limiter: RateLimiter | None = None,
+        limiter: Pace | None = None,
     ) -> dict[str, Any]:
         deadline = time.monotonic() + self.retry.budget
         attempt = 0

