@@ -111,6 +111,14 @@ _DDL = (
         dag_id TEXT NOT NULL,
         run_id TEXT NOT NULL,
         PRIMARY KEY (external_order_id, bonus_type, currency))""",
+    """CREATE TABLE IF NOT EXISTS feishu_hire_task_lease (
+        dag_id TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        map_index INTEGER NOT NULL,
+        try_number INTEGER NOT NULL,
+        taken_at TEXT NOT NULL,
+        PRIMARY KEY (dag_id, run_id, task_id, map_index))""",
     """CREATE TABLE IF NOT EXISTS feishu_hire_pace (
         pace_key TEXT PRIMARY KEY,
         next_slot {seconds} NOT NULL)""",
@@ -445,6 +453,40 @@ class Ledger:
                 (REVIEW, raw_answer, msg, now, claim.intent.external_order_id, PAID, REVIEW),
             )
             self._finish_attempt(cur, claim, REVIEW, now, msg=msg)
+
+    # -- which try of a task is the live one ---------------------------------------------------
+
+    def take_lease(self, intent: Intent) -> int:
+        """Record that ``intent.try_number`` of its task instance is running; return the newest try on record.
+
+        A try whose worker was killed can live on as an orphan beside its retry. Both are
+        safe (same order ids, one ledger) but the orphan spends the same rate limit; a
+        batch that sees a newer try in the lease stops sending.
+        """
+        key = (intent.dag_id, intent.run_id, intent.task_id, intent.map_index)
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO feishu_hire_task_lease (dag_id, run_id, task_id, map_index, try_number, taken_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dag_id, run_id, task_id, map_index) DO UPDATE SET "
+                "try_number = excluded.try_number, taken_at = excluded.taken_at "
+                "WHERE feishu_hire_task_lease.try_number < excluded.try_number",
+                (*key, intent.try_number, _now()),
+            )
+            return self._lease_holder(cur, key)
+
+    def lease_holder(self, intent: Intent) -> int:
+        """The newest try of ``intent``'s task instance that has taken the lease."""
+        with self._transaction() as cur:
+            return self._lease_holder(cur, (intent.dag_id, intent.run_id, intent.task_id, intent.map_index))
+
+    def _lease_holder(self, cur: _Cursor, key: tuple[str, str, str, int]) -> int:
+        cur.execute(
+            "SELECT try_number FROM feishu_hire_task_lease WHERE dag_id = ? AND run_id = ? AND task_id = ? "
+            "AND map_index = ?",
+            key,
+        )
+        row = cur.fetchone()
+        return int(row[0]) if row else 0
 
     # -- one pace for every worker -----------------------------------------------------------
 

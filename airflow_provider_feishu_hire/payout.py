@@ -10,6 +10,7 @@ therefore nothing special: the same order ids meet the same ledger rows.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -140,6 +141,7 @@ class BatchSummary:
     """
 
     total: int = 0
+    superseded_by: int = 0  # a newer try of this task took over: this one stopped sending
     paid: int = 0
     carried_over: int = 0
     skipped: int = 0
@@ -178,6 +180,7 @@ class BatchSummary:
     def as_xcom(self) -> dict[str, Any]:
         return {
             "total": self.total,
+            "superseded_by": self.superseded_by,
             "paid": self.paid,
             "carried_over": self.carried_over,
             "skipped": self.skipped,
@@ -198,13 +201,35 @@ def withdraw_batch(
     intent_for: Callable[[str], Intent],
     check_balances: bool = False,
     max_workers: int = 4,
+    lease_check_seconds: float = 2.0,
 ) -> BatchSummary:
     """Withdraw every account once; one account's failure never stops the others.
 
     Threads share the client (its token, keep-alive connections and pace) and the ledger
-    (a database connection each). An account listed twice is settled once.
+    (a database connection each). An account listed twice is settled once. Every
+    ``lease_check_seconds`` the batch looks whether a newer try of its task has started
+    (its worker was presumed dead, but this process lives on); if so it stops sending,
+    settles what is in flight and returns with ``superseded_by`` set.
     """
     summary = BatchSummary()
+    lease: Intent | None = None
+    next_lease_check = 0.0
+
+    def superseded(account_id: str) -> bool:
+        nonlocal lease, next_lease_check
+        if lease is None:
+            lease = intent_for(account_id)
+            holder = ledger.take_lease(lease)
+        elif time.monotonic() >= next_lease_check:
+            holder = ledger.lease_holder(lease)
+        else:
+            return False
+        next_lease_check = time.monotonic() + lease_check_seconds
+        if holder > lease.try_number:
+            summary.superseded_by = holder
+            log.warning("Try %d of this task has started: try %d stops sending", holder, lease.try_number)
+            return True
+        return False
 
     def settle(account_id: str) -> Outcome:
         intent = intent_for(account_id)
@@ -227,6 +252,8 @@ def withdraw_batch(
         for account_id in referral_account_ids:
             if account_id in seen:
                 continue
+            if superseded(account_id):
+                break
             seen.add(account_id)
             summary.total += 1
             if len(in_flight) >= 2 * max_workers:

@@ -219,7 +219,9 @@ pace = lambda key, limit: SharedPace(ledger, "{app_id}:" + key, limit, 1.0) if s
 client = FeishuClient("{app_id}", "{secret}", url, withdraw_limiter=pace("withdraw", per_second),
                       assets_limiter=pace("get_account_assets", 8))
 intent = lambda a: Intent(derive_external_order_id(**run, referral_account_id=a), a, (1, 2), "{app_id}", **run)
-withdraw_batch(client, ledger, ids, intent_for=intent, max_workers=2, check_balances=True)
+summary = withdraw_batch(client, ledger, ids, intent_for=intent, max_workers=2, check_balances=True,
+                         lease_check_seconds=0.2)
+print(f"paid={{summary.paid}} superseded_by={{summary.superseded_by}}")
 """
 
 
@@ -232,7 +234,7 @@ def start_worker(  # type: ignore[no-untyped-def]
     code = CHILD.format(run=RUN, app_id=DEFAULT_APP_ID, secret=DEFAULT_APP_SECRET)
     env = {**os.environ, "TMPDIR": str(home), "PYTHONPATH": str(ROOT)}
     args = [sys.executable, "-c", code, sandbox.url, ledger.dialect, where, ",".join(ids), str(per_second), pace]
-    return subprocess.Popen(args, cwd=home, env=env)
+    return subprocess.Popen(args, cwd=home, env=env, stdout=subprocess.PIPE, text=True)
 
 
 def ledger_location(ledger: Ledger) -> str:
@@ -350,3 +352,21 @@ def test_the_shared_pace_hands_out_slots_an_interval_apart(ledger: Ledger) -> No
     slots = sorted(ledger.reserve_slot(pace.pace_key, pace.interval) for _ in range(20))
     gaps = [b - a for a, b in itertools.pairwise(slots)]
     assert min(gaps) >= pace.interval - 1e-6
+
+
+def test_an_orphaned_batch_stops_sending_once_its_retry_has_started(ledger: Ledger, tmp_path: Path) -> None:
+    """The worker died but its task process lives on: it must not keep spending the app's rate beside the retry."""
+    everyone = accounts(40, start=400)
+    ids = [a.account_id for a in everyone]
+    with FeishuSandbox(everyone, rate_limits=False) as sandbox:
+        orphan = start_worker(sandbox, ledger, ids, tmp_path / "orphan", per_second=10)
+        while paid_in_sandbox(sandbox) < 3 and orphan.poll() is None:
+            time.sleep(0.01)
+        with other_worker(ledger) as on_y, client_for(sandbox) as client:
+            retry = withdraw_batch(
+                client, on_y, list(reversed(ids)), intent_for=lambda a: intent(a, try_number=2), check_balances=True
+            )
+        out, _ = orphan.communicate(timeout=60)
+        assert "superseded_by=2" in out
+        assert retry.paid == 40 and retry.superseded_by == 0
+        assert_paid_exactly_once(ledger, sandbox)

@@ -217,6 +217,11 @@ class ReferralBatchWithdrawOperator(BaseOperator):
             summary.point_bonus,
             ", ".join(f"{amount} {currency}" for currency, amount in result["cash_bonus"].items()) or "none",
         )
+        if summary.superseded_by:
+            raise AirflowFailException(
+                f"Try {summary.superseded_by} of this task has started, so this try stopped sending (it was "
+                f"presumed dead). It paid {summary.paid} referral accounts; all are in the ledger"
+            )
         unsettled = summary.open + summary.rejected + summary.review
         if not unsettled:
             return result
