@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -28,6 +28,7 @@ from airflow_provider_feishu_hire.exceptions import (
     TRANSIENT_CODES,
     FeishuAPIError,
 )
+from airflow_provider_feishu_hire.pace import Pace
 from airflow_provider_feishu_hire.withdrawal import (
     check_external_order_id,
     check_referral_account_id,
@@ -100,39 +101,6 @@ class RetryPolicy:
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
-class Pace(Protocol):
-    """Anything that waits until the next call may go: :class:`RateLimiter` in one process, or
-    the ledger's ``SharedPace`` across processes and machines."""
-
-    def acquire(self) -> None: ...
-
-
-class RateLimiter:
-    """Spaces calls evenly so that any ``limit`` consecutive calls span more than ``period`` seconds.
-
-    Pacing evenly (rather than bursting a window's worth, then waiting) keeps us under
-    Feishu's limit whether its gateway counts in fixed or sliding windows. The span is
-    stretched by a slack of 1% of the period but at least 50 ms: the jitter between
-    leaving here and arriving there would otherwise let a late call and an on-time one
-    land in the same window. Shared by every thread that holds it.
-    """
-
-    def __init__(self, limit: float, period: float) -> None:
-        if limit <= 0 or period <= 0:
-            raise ValueError("a rate limit needs a positive number of calls per positive period")
-        self.interval = (period + max(period * 0.01, 0.05)) / limit
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def acquire(self) -> None:
-        with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next)
-            self._next = slot + self.interval
-        if slot > now:
-            time.sleep(slot - now)
-
-
 def parse_envelope(response: requests.Response) -> dict[str, Any]:
     """Return Feishu's JSON body when ``code`` is 0; raise :class:`FeishuAPIError` for anything else.
 
@@ -154,7 +122,9 @@ def parse_envelope(response: requests.Response) -> dict[str, Any]:
             f"HTTP {status} answer is not a Feishu JSON envelope ({kind}, {len(response.content)} bytes)",
             http_status=status,
             log_id=log_id,
-            retryable=status >= 500 or status == 429,
+            # A 2xx that is not an envelope (a proxy mangled it) may follow a committed
+            # withdrawal: retry, and the same order id tells what happened.
+            retryable=status >= 500 or status == 429 or 200 <= status < 300,
             retry_after=_reset_seconds(headers) if status == 429 else None,
         )
     code = body["code"]
@@ -353,8 +323,12 @@ class FeishuClient:
             headers = {}
             token = None
             if authorized:
-                # Fetching the token has its own retries; its errors end this call as they are.
-                token = self.get_tenant_access_token()
+                # Fetching the token has its own retries; its errors end this call, still saying
+                # whether an earlier attempt of it may have reached Feishu.
+                try:
+                    token = self.get_tenant_access_token()
+                except FeishuAPIError as err:
+                    raise err.with_context(context, uncertain=reached) from None
                 headers["Authorization"] = f"Bearer {token}"
             if limiter is not None:
                 limiter.acquire()

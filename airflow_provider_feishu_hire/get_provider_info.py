@@ -69,14 +69,19 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "withdraw_rate_limit": {
                         "label": "Withdrawals per minute",
-                        "description": "Client-side pace shared by all threads of a task; Feishu allows 100. "
-                        "0 turns pacing off.",
+                        "description": "Client-side pace of this app; Feishu allows 100. 0 turns pacing off.",
                         "schema": {"type": ["number", "null"], "default": 100, "minimum": 0},
                     },
                     "assets_rate_limit": {
                         "label": "Balance reads per second",
                         "description": "Pace of get_account_assets pre-checks; Feishu allows 10. 0 turns pacing off.",
                         "schema": {"type": ["number", "null"], "default": 10, "minimum": 0},
+                    },
+                    "shared_pace": {
+                        "label": "One pace for all workers",
+                        "description": "Reserve every call's slot in the payout ledger's database, so that all "
+                        "tasks and workers of this app together keep Feishu's limits. Off: each task paces itself.",
+                        "schema": {"type": ["boolean", "null"], "default": True},
                     },
                     "retry_budget": {
                         "label": "Retry budget (seconds)",

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -41,8 +41,10 @@ from typing import Any
 from airflow_provider_feishu_hire.withdrawal import Withdrawal
 
 SKIPPED, SENDING, PAID, REJECTED, REVIEW = "skipped", "sending", "paid", "rejected", "review"
+UNSENT = "unsent"  # an attempt's outcome only: refused before it reached Feishu (429, token)
 OPEN_STATUSES = (SENDING, REVIEW)  # money may have moved and payroll cannot show it yet
 
+DEFAULT_LEDGER_CONN_ID = "feishu_hire_ledger"
 SCHEMA_VERSION = 1
 _MIGRATION_LOCK = 7_463_021_905  # any constant: PostgreSQL's advisory lock for migrate()
 # An attempt started this recently and not finished may still be waiting for Feishu's answer;
@@ -197,6 +199,14 @@ class LedgerRow:
         return f"account {self.referral_account_id} order {self.external_order_id} {self.status}"
 
 
+def _ledger_row(values: Sequence[Any], cash: dict[str, Decimal]) -> LedgerRow:
+    order_id, account, status, dag_id, run_id, task_id, sends, trans_time, points, code, msg, log_id, raw = values
+    withdrawal = Withdrawal(account, order_id, int(trans_time), int(points or 0), cash) if status == PAID else None
+    return LedgerRow(
+        order_id, account, status, dag_id, run_id, task_id, sends, code, msg, log_id, withdrawal, raw, cash
+    )
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -227,6 +237,9 @@ class Ledger:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()
+            if self.dialect == "postgresql":
+                # Row locks last until commit only outside autocommit (an extra can switch it on).
+                conn.autocommit = False
             if self.dialect == "sqlite":
                 # Several processes (a zombie and its retry, mapped tasks) write the same file:
                 # wait for each other's locks; WAL keeps readers off writers' backs and needs one
@@ -258,23 +271,35 @@ class Ledger:
         return statement.replace("?", "%s") if self.dialect == "postgresql" else statement
 
     @contextmanager
-    def _transaction(self) -> Iterator[Any]:
+    def _transaction(self, *, write: bool = True) -> Iterator[Any]:
         conn = self._connection()
         cursor = conn.cursor()
         if self.dialect == "sqlite":
-            # Take the write lock up front: two writers that both start by reading would
-            # otherwise deadlock on the upgrade instead of waiting their turn.
+            # Writers take the lock up front: two that both start by reading would otherwise
+            # deadlock on the upgrade instead of waiting their turn. Readers do not block them.
             conn.commit()
-            cursor.execute("BEGIN IMMEDIATE")
+            cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
             yield _Cursor(cursor, self._sql)
         except BaseException:
-            conn.rollback()
+            try:
+                conn.rollback()
+            except Exception:  # the connection itself is broken: the next call opens a new one
+                self._forget(conn)
             raise
         else:
             conn.commit()
         finally:
-            cursor.close()
+            with suppress(Exception):
+                cursor.close()
+
+    def _forget(self, conn: Any) -> None:
+        self._local.conn = None
+        with self._opened_lock:
+            if conn in self._opened:
+                self._opened.remove(conn)
+        with suppress(Exception):
+            conn.close()
 
     # -- schema -------------------------------------------------------------------------------
 
@@ -311,12 +336,7 @@ class Ledger:
         with self._transaction() as cur:
             self._insert(cur, intent, SENDING, now)
             row = self._row(cur, intent.external_order_id, lock=True)
-            if row.referral_account_id != intent.referral_account_id:
-                raise OrderIdConflict(
-                    f"external_order_id {intent.external_order_id} already withdrew referral account "
-                    f"{row.referral_account_id} in the ledger, so it cannot be used for "
-                    f"{intent.referral_account_id}: Feishu would answer with the other account's withdrawal"
-                )
+            self._check_same_withdrawal(cur, intent, row)
             if row.status == PAID:
                 return Claim(intent, paid=row.withdrawal)
             if row.status == REVIEW:
@@ -352,31 +372,30 @@ class Ledger:
         return Claim(intent, attempt_id=attempt_id, uncertain=uncertain)
 
     def skip(self, intent: Intent, reason: str) -> bool:
-        """Record that a balance check found nothing to withdraw, unless a send is already on record.
+        """Record that a balance check found nothing to withdraw, unless this order id was ever sent.
 
-        Returns False when the ledger holds a withdrawal under this order id (sending, paid,
-        review...): then a zero balance may be our own earlier payment, and the caller
-        must claim and send (Feishu replays the original) instead of skipping.
+        Returns False when the ledger holds any send under this order id, whatever its
+        status: a zero balance may be that send's payment, so the caller must claim and
+        send again (Feishu replays the original; it costs a call, never money).
         """
         with self._transaction() as cur:
             self._insert(cur, intent, SKIPPED, _now())
             row = self._row(cur, intent.external_order_id, lock=True)
-            if row.referral_account_id != intent.referral_account_id:
-                raise OrderIdConflict(
-                    f"external_order_id {intent.external_order_id} belongs to referral account "
-                    f"{row.referral_account_id} in the ledger, not {intent.referral_account_id}"
-                )
-            if row.status not in (SKIPPED, REJECTED):
-                return False
+            self._check_same_withdrawal(cur, intent, row)
+            if row.status != SKIPPED or row.sends:
+                return False  # sent before: its zero balance may be that send's payment
             cur.execute(
-                "UPDATE feishu_hire_withdrawal SET status = ?, error_msg = ?, updated_at = ? "
-                "WHERE external_order_id = ? AND status IN (?, ?)",
-                (SKIPPED, reason, _now(), intent.external_order_id, SKIPPED, REJECTED),
+                "UPDATE feishu_hire_withdrawal SET error_msg = ?, updated_at = ? WHERE external_order_id = ?",
+                (reason, _now(), intent.external_order_id),
             )
             return True
 
-    def record_paid(self, claim: Claim, withdrawal: Withdrawal) -> None:
-        """Feishu's answer, with every cash currency. A row already paid or in review is left alone."""
+    def record_paid(self, claim: Claim, withdrawal: Withdrawal) -> LedgerRow:
+        """Feishu's answer, with every cash currency; returns the row as it is left.
+
+        A row already paid is left alone (a zombie's replay), and so is one in review: an
+        answer that did not parse is never replaced by a later one.
+        """
         order_id = claim.intent.external_order_id
         now = _now()
         with self._transaction() as cur:
@@ -393,9 +412,18 @@ class Ledger:
                         (order_id, currency, self._money(amount)),
                     )
             self._finish_attempt(cur, claim, PAID, now)
+            return self._row(cur, order_id)
 
     def record_failure(
-        self, claim: Claim, *, code: int | None, msg: str, log_id: str | None, retryable: bool, uncertain: bool
+        self,
+        claim: Claim,
+        *,
+        code: int | None,
+        msg: str,
+        log_id: str | None,
+        retryable: bool,
+        uncertain: bool,
+        reached: bool = True,
     ) -> LedgerRow:
         """What went wrong; returns the row as it is left, never moved back from paid or review.
 
@@ -404,7 +432,8 @@ class Ledger:
         Feishu. When another send of it is still waiting for its answer, the row stays
         ``sending`` for that send to settle; when an earlier send (this call's or another
         try's) ended without a known outcome, only a person can say whether money moved
-        (``review``).
+        (``review``). ``reached`` false says this attempt never got past Feishu's gateway or
+        auth layer (a 429, a rejected token): it counts as no send for later judgements.
         """
         order_id = claim.intent.external_order_id
         now = _now()
@@ -425,7 +454,8 @@ class Ledger:
                 "updated_at = ? WHERE external_order_id = ? AND status = ?",
                 (status, code, msg, log_id, now, order_id, SENDING),
             )
-            self._finish_attempt(cur, claim, status, now, code=code, msg=msg, log_id=log_id)
+            outcome = status if reached or status != SENDING else UNSENT
+            self._finish_attempt(cur, claim, outcome, now, code=code, msg=msg, log_id=log_id)
             return self._row(cur, order_id)
 
     def _other_attempts(self, cur: _Cursor, claim: Claim) -> tuple[int, int]:
@@ -476,7 +506,7 @@ class Ledger:
 
     def lease_holder(self, intent: Intent) -> int:
         """The newest try of ``intent``'s task instance that has taken the lease."""
-        with self._transaction() as cur:
+        with self._transaction(write=False) as cur:
             return self._lease_holder(cur, (intent.dag_id, intent.run_id, intent.task_id, intent.map_index))
 
     def _lease_holder(self, cur: _Cursor, key: tuple[str, str, str, int]) -> int:
@@ -512,10 +542,8 @@ class Ledger:
     # -- reading ------------------------------------------------------------------------------
 
     def get(self, external_order_id: str) -> LedgerRow | None:
-        with self._transaction() as cur:
-            cur.execute("SELECT count(*) FROM feishu_hire_withdrawal WHERE external_order_id = ?", (external_order_id,))
-            (found,) = cur.fetchone()
-            return self._row(cur, external_order_id) if found else None
+        found = self._select("external_order_id = ?", [external_order_id])
+        return found[0] if found else None
 
     def rows(
         self,
@@ -525,8 +553,10 @@ class Ledger:
         start_trans_time: int | None = None,
         end_trans_time: int | None = None,
         statuses: Sequence[str] = (),
+        requested_before: str | None = None,
     ) -> list[LedgerRow]:
-        """Withdrawals by DAG run, by ``trans_time`` in ``[start, end)`` (ms; paid ones only have one), by status."""
+        """Withdrawals by DAG run, by ``trans_time`` in ``[start, end)`` (ms; paid ones only have one), by
+        status, or first requested before an ISO 8601 UTC time."""
         where: list[str] = []
         params: list[Any] = []
         if isinstance(statuses, str):
@@ -534,23 +564,17 @@ class Ledger:
         if statuses:
             where.append(f"status IN ({', '.join('?' for _ in statuses)})")
             params.extend(statuses)
-        for column, value in (("dag_id", dag_id), ("run_id", run_id)):
+        for clause, value in (
+            ("dag_id = ?", dag_id),
+            ("run_id = ?", run_id),
+            ("trans_time >= ?", start_trans_time),
+            ("trans_time < ?", end_trans_time),
+            ("requested_at < ?", requested_before),
+        ):
             if value is not None:
-                where.append(f"{column} = ?")
+                where.append(clause)
                 params.append(value)
-        if start_trans_time is not None:
-            where.append("trans_time >= ?")
-            params.append(start_trans_time)
-        if end_trans_time is not None:
-            where.append("trans_time < ?")
-            params.append(end_trans_time)
-        sql = "SELECT external_order_id FROM feishu_hire_withdrawal"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        with self._transaction() as cur:
-            cur.execute(sql + " ORDER BY external_order_id", tuple(params))
-            order_ids = [order_id for (order_id,) in cur.fetchall()]
-            return [self._row(cur, order_id) for order_id in order_ids]
+        return self._select(" AND ".join(where) or "1 = 1", params)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -574,24 +598,61 @@ class Ledger:
             ),
         )
 
+    _COLUMNS = (
+        "external_order_id, referral_account_id, status, dag_id, run_id, task_id, sends, trans_time, point_bonus, "
+        "error_code, error_msg, log_id, raw_answer"
+    )
+
+    def _select(self, where: str, params: Sequence[Any]) -> list[LedgerRow]:
+        """Rows matching ``where``, with their cash, in two queries whatever their number."""
+        with self._transaction(write=False) as cur:
+            selected = f"SELECT external_order_id FROM feishu_hire_withdrawal WHERE {where}"
+            cur.execute(f"SELECT {self._COLUMNS} FROM feishu_hire_withdrawal WHERE {where} ORDER BY 1", params)
+            found = cur.fetchall()
+            cur.execute(
+                "SELECT external_order_id, currency_type, amount FROM feishu_hire_withdrawal_cash "
+                f"WHERE external_order_id IN ({selected})",
+                params,
+            )
+            cash: dict[str, dict[str, Decimal]] = {}
+            for order_id, currency, amount in cur.fetchall():
+                cash.setdefault(order_id, {})[currency] = Decimal(str(amount))
+        return [_ledger_row(values, cash.get(values[0], {})) for values in found]
+
     def _row(self, cur: _Cursor, order_id: str, *, lock: bool = False) -> LedgerRow:
         """The row; ``lock`` holds it until the transaction ends (SQLite's BEGIN IMMEDIATE holds the file)."""
         cur.execute(
-            "SELECT referral_account_id, status, dag_id, run_id, task_id, sends, trans_time, point_bonus, "
-            "error_code, error_msg, log_id, raw_answer FROM feishu_hire_withdrawal WHERE external_order_id = ?"
+            f"SELECT {self._COLUMNS} FROM feishu_hire_withdrawal WHERE external_order_id = ?"
             + (" FOR UPDATE" if lock and self.dialect == "postgresql" else ""),
             (order_id,),
         )
-        account, status, dag_id, run_id, task_id, sends, trans_time, points, code, msg, log_id, raw = cur.fetchone()
+        values = cur.fetchone()
         cur.execute(
             "SELECT currency_type, amount FROM feishu_hire_withdrawal_cash WHERE external_order_id = ?",
             (order_id,),
         )
-        cash = {currency: Decimal(str(amount)) for currency, amount in cur.fetchall()}
-        withdrawal = Withdrawal(account, order_id, int(trans_time), int(points or 0), cash) if status == PAID else None
-        return LedgerRow(
-            order_id, account, status, dag_id, run_id, task_id, sends, code, msg, log_id, withdrawal, raw, cash
+        return _ledger_row(values, {currency: Decimal(str(amount)) for currency, amount in cur.fetchall()})
+
+    def _check_same_withdrawal(self, cur: _Cursor, intent: Intent, row: LedgerRow) -> None:
+        """An order id stands for one withdrawal: the same account, app and bonus types, or it is refused."""
+        cur.execute(
+            "SELECT app_id, withdraw_bonus_type FROM feishu_hire_withdrawal WHERE external_order_id = ?",
+            (intent.external_order_id,),
         )
+        app_id, kinds = cur.fetchone()
+        wanted = ",".join(map(str, intent.withdraw_bonus_type))
+        if row.referral_account_id != intent.referral_account_id:
+            raise OrderIdConflict(
+                f"external_order_id {intent.external_order_id} already belongs to referral account "
+                f"{row.referral_account_id} in the ledger, so it cannot be used for {intent.referral_account_id}: "
+                "Feishu would answer with the other account's withdrawal"
+            )
+        if (app_id, kinds) != (intent.app_id, wanted):
+            raise OrderIdConflict(
+                f"external_order_id {intent.external_order_id} was used by app {app_id} for bonus types {kinds}, "
+                f"not app {intent.app_id} for {wanted}: Feishu would replay the first withdrawal. Withdraw "
+                "the rest in a new DAG run (a new order id)"
+            )
 
     def _finish_attempt(
         self,
@@ -613,28 +674,6 @@ class Ledger:
 
     def _money(self, amount: Decimal) -> Any:
         return amount if self.dialect == "postgresql" else format(amount, "f")
-
-
-class SharedPace:
-    """Feishu's rate limit for one app and tenant, kept in the ledger's database for every worker.
-
-    Each process's own limiter only sees its own calls: mapped withdrawals on several
-    workers, a retry beside its orphan, two batches, would together exceed Feishu's
-    limit and draw 429s. Here every call reserves the next slot of one shared row. The
-    spacing is the client's: the period stretched by 1% (at least 50 ms) over the limit.
-    """
-
-    def __init__(self, ledger: Ledger, pace_key: str, limit: float, period: float) -> None:
-        if limit <= 0 or period <= 0:
-            raise ValueError("a rate limit needs a positive number of calls per positive period")
-        self.ledger = ledger
-        self.pace_key = pace_key
-        self.interval = (period + max(period * 0.01, 0.05)) / limit
-
-    def acquire(self) -> None:
-        delay = self.ledger.reserve_slot(self.pace_key, self.interval) - time.time()
-        if delay > 0:
-            time.sleep(delay)
 
 
 class _Cursor:
@@ -661,7 +700,3 @@ class _Cursor:
 def raw_json(data: object) -> str:
     """An answer's ``data`` as JSON text for the ledger, Decimals as they arrived."""
     return json.dumps(data, default=str, ensure_ascii=False, sort_keys=True)
-
-
-def paid_withdrawals(rows: Iterable[LedgerRow]) -> list[Withdrawal]:
-    return [row.withdrawal for row in rows if row.withdrawal is not None]

@@ -28,6 +28,7 @@ from airflow_provider_feishu_hire.ledger import (
     Intent,
     Ledger,
     NeedsReview,
+    OrderIdConflict,
     raw_json,
 )
 from airflow_provider_feishu_hire.withdrawal import (
@@ -55,11 +56,6 @@ class Outcome:
     withdrawal: Withdrawal | None = None
     code: int | None = None
     message: str = ""
-
-    @property
-    def retryable(self) -> bool:
-        """Whether another try can settle it: Feishu may have committed, the same order id will tell."""
-        return self.status == SENDING
 
     def describe(self) -> str:
         if self.withdrawal is not None:
@@ -98,7 +94,13 @@ def withdraw_account(client: FeishuClient, ledger: Ledger, intent: Intent, *, ch
         data = client.withdraw_referral_account(account_id, intent.withdraw_bonus_type, order_id)
     except FeishuAPIError as err:
         row = ledger.record_failure(
-            claim, code=err.code, msg=err.msg, log_id=err.log_id, retryable=err.retryable, uncertain=err.uncertain
+            claim,
+            code=err.code,
+            msg=err.msg,
+            log_id=err.log_id,
+            retryable=err.retryable,
+            uncertain=err.uncertain,
+            reached=err.may_have_reached_feishu or err.uncertain,
         )
         if row.withdrawal is not None:  # another try of this order id recorded the payment meanwhile
             return Outcome(account_id, order_id, CARRIED_OVER, row.withdrawal)
@@ -118,16 +120,24 @@ def withdraw_account(client: FeishuClient, ledger: Ledger, intent: Intent, *, ch
             "ledger. Review it with Feishu before paying this account again"
         )
         return Outcome(account_id, order_id, REVIEW, message=message)
-    ledger.record_paid(claim, withdrawal)
+    row = ledger.record_paid(claim, withdrawal)
+    if row.status == REVIEW:  # another try's unreadable answer came first: a person settles it
+        return Outcome(account_id, order_id, REVIEW, message=row.describe_problem())
     return Outcome(account_id, order_id, PAID, withdrawal)
 
 
 def _nothing_to_withdraw(account: dict[str, Any], bonus_types: Sequence[int]) -> bool:
+    """True only for a balance that clearly holds nothing of the chosen kinds; anything unclear is sent."""
     if account.get("status") == 2:
         return False  # deactivated: let Feishu refuse it, so the ledger says why it was not paid
-    bonus = (account.get("assets") or {}).get("confirmed_bonus") or {}
-    points = POINTS in bonus_types and int(bonus.get("point_bonus") or 0) > 0
-    cash = CASH in bonus_types and any(Decimal(str(c.get("amount") or 0)) > 0 for c in bonus.get("cash_bonus") or [])
+    try:
+        bonus = (account.get("assets") or {}).get("confirmed_bonus") or {}
+        points = POINTS in bonus_types and Decimal(str(bonus.get("point_bonus") or 0)) != 0
+        cash = CASH in bonus_types and any(
+            Decimal(str(c.get("amount") or 0)) != 0 for c in bonus.get("cash_bonus") or []
+        )
+    except (AttributeError, TypeError, ArithmeticError):
+        return False
     return not (points or cash)
 
 
@@ -232,11 +242,14 @@ def withdraw_batch(
         return False
 
     def settle(account_id: str) -> Outcome:
+        """One account's outcome, whatever goes wrong: one account never stops the others."""
         intent = intent_for(account_id)
         try:
             return withdraw_account(client, ledger, intent, check_balance=check_balances)
-        except FeishuAPIError as err:  # the balance check's or the ledger's own failure
-            return Outcome(account_id, intent.external_order_id, SENDING, None, err.code, str(err))
+        except OrderIdConflict as exc:
+            return Outcome(account_id, intent.external_order_id, REJECTED, message=str(exc))
+        except Exception as exc:  # the ledger's database, an odd answer: unknown, so a retry resends
+            return Outcome(account_id, intent.external_order_id, SENDING, message=f"{type(exc).__name__}: {exc}")
 
     def settled(future: Future[Outcome]) -> None:
         outcome = future.result()

@@ -162,8 +162,7 @@ def parse_withdrawal(referral_account_id: str, data: Mapping[str, Any]) -> Withd
     ``trans_time`` is not turned into zero, since the money has already moved.
     """
     details = data.get("withdrawal_details")
-    details = {} if details is None else details
-    if not isinstance(details, Mapping):
+    if not isinstance(details, Mapping):  # absent or null: what was paid is unknown, not zero
         raise UnreadableAnswer(f"withdrawal_details is {type(details).__name__}, not an object")
     trans_time = data.get("trans_time")
     if isinstance(trans_time, bool) or not re.fullmatch(r"[0-9]{1,16}", str(trans_time)):

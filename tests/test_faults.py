@@ -36,6 +36,7 @@ def _secrets(sandbox: FeishuSandbox) -> list[str]:
         pytest.param({"kind": "http_500", "times": 2}, 1, id="http-500-system-error"),
         pytest.param({"kind": "html_page", "times": 2}, 1, id="html-502-from-a-gateway"),
         pytest.param({"kind": "html_page", "status": 429, "seconds": 1}, 1, id="html-429-from-a-gateway"),
+        pytest.param({"kind": "html_page", "status": 200}, 1, id="html-200-from-a-proxy"),  # may follow a commit
         pytest.param({"kind": "rate_limit", "seconds": 1}, 1, id="429-with-reset-header"),
         pytest.param({"kind": "rate_limit", "status": 400, "seconds": 1}, 1, id="99991400-as-http-400"),
         pytest.param({"kind": "revoke_token", "status": 400}, 2, id="token-revoked-http-400"),

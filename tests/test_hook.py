@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import pytest
 
 from airflow_provider_feishu_hire.hooks.feishu_hire import FeishuHireHook
+from airflow_provider_feishu_hire.ledger import Ledger
 from airflow_provider_feishu_hire.sandbox import DEFAULT_APP_SECRET, FeishuSandbox
 from tests.conftest import connection_json
 
@@ -90,3 +94,17 @@ def test_a_non_numeric_extra_is_named(sandbox: FeishuSandbox, monkeypatch: pytes
     monkeypatch.setenv("AIRFLOW_CONN_FEISHU_HIRE_DEFAULT", connection_json(sandbox.url, backoff_base="soon"))
     with pytest.raises(ValueError, match="backoff_base"):
         FeishuHireHook().client  # noqa: B018
+
+
+@pytest.mark.parametrize(("shared_pace", "expected"), [(None, "SharedPace"), (False, "RateLimiter")])
+def test_with_a_ledger_the_pace_is_shared_unless_the_connection_says_not(
+    sandbox: FeishuSandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, shared_pace: bool | None, expected: str
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_FEISHU_HIRE_DEFAULT", connection_json(sandbox.url, shared_pace=shared_pace))
+    with Ledger(
+        lambda: sqlite3.connect(tmp_path / "l.db", check_same_thread=False, isolation_level=None), "sqlite"
+    ) as ledger:
+        ledger.migrate()
+        client = FeishuHireHook(ledger=ledger).client
+        assert type(client.withdraw_limiter).__name__ == type(client.assets_limiter).__name__ == expected
+        client.get_account_assets("7001000000000000001")  # paced through the ledger (or not), and it works

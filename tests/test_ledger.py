@@ -422,12 +422,25 @@ def test_skip_refuses_when_a_send_is_on_record(ledger: Ledger, on_record: str) -
     assert status(ledger) == on_record
 
 
-def test_skip_after_a_rejection_is_allowed(ledger: Ledger) -> None:
+def test_no_order_id_that_was_ever_sent_is_skipped_even_after_a_rejection(ledger: Ledger) -> None:
+    """A refusal recorded as 'nothing moved' may itself be wrong (a lost answer before it, a token error after):
+    a zero balance is then never taken as proof. Sending the same order id again costs a call, never money."""
     claim = ledger.claim(intent())
     ledger.record_failure(claim, code=1002001, msg="account deactivated", log_id=None, retryable=False, uncertain=False)
 
-    assert ledger.skip(intent(try_number=2), "nothing to withdraw") is True
-    assert status(ledger) == SKIPPED
+    assert ledger.skip(intent(try_number=2), "nothing to withdraw") is False
+    assert status(ledger) == REJECTED
+    assert ledger.claim(intent(try_number=2)).paid is None  # the caller sends it again instead
+
+
+def test_an_order_id_is_one_withdrawal_same_account_app_and_bonus_types(ledger: Ledger) -> None:
+    ledger.claim(intent())
+    points_only = Intent(**{**intent().__dict__, "withdraw_bonus_type": (1,)})
+    with pytest.raises(OrderIdConflict, match="bonus types 1,2"):
+        ledger.claim(points_only)  # Feishu would replay the points-and-cash withdrawal
+    other_app = Intent(**{**intent().__dict__, "app_id": "cli_other"})
+    with pytest.raises(OrderIdConflict, match="cli_other"):
+        ledger.skip(other_app, "nothing to withdraw")
 
 
 # -- the attempt trail --------------------------------------------------------------------------------

@@ -46,14 +46,20 @@ def test_the_embedded_ledger_is_refused_where_tasks_run_on_several_machines(
     assert not (tmp_path / "feishu_hire_ledger.db").exists()
 
 
-def test_a_sqlite_connection_names_the_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "CeleryExecutor")  # a named database is fine anywhere
+def test_a_sqlite_connection_names_the_file_on_one_machine_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     path = tmp_path / "shared" / "ledger.db"
     monkeypatch.setenv("AIRFLOW_CONN_FEISHU_HIRE_LEDGER", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
     hook = FeishuHireLedgerHook()
     hook.ledger.claim(INTENT)
     hook.close()
     assert path.exists()
+    # Even a file on a "shared" folder splits or corrupts the ledger when workers are machines.
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "CeleryExecutor")
+    with pytest.raises(LedgerError, match="is SQLite, which cannot be used with CeleryExecutor"):
+        FeishuHireLedgerHook().ledger  # noqa: B018
 
 
 def test_the_payroll_upsert_through_common_sql_writes_each_row_once(

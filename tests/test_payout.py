@@ -20,17 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_feishu_hire.client import FeishuClient, RateLimiter, RetryPolicy
-from airflow_provider_feishu_hire.ledger import (
-    PAID,
-    REJECTED,
-    REVIEW,
-    SENDING,
-    Intent,
-    Ledger,
-    OrderIdConflict,
-    SharedPace,
-)
+from airflow_provider_feishu_hire.client import FeishuClient, RetryPolicy
+from airflow_provider_feishu_hire.ledger import PAID, REJECTED, REVIEW, SENDING, Intent, Ledger, OrderIdConflict
+from airflow_provider_feishu_hire.pace import RateLimiter, SharedPace
 from airflow_provider_feishu_hire.payout import CARRIED_OVER, withdraw_account, withdraw_batch
 from airflow_provider_feishu_hire.payroll import completeness
 from airflow_provider_feishu_hire.sandbox import DEFAULT_APP_ID, DEFAULT_APP_SECRET, Account, FeishuSandbox
@@ -204,8 +196,9 @@ def test_a_fresh_refusal_is_rejected_not_held_for_review(ledger: Ledger) -> None
 
 CHILD = """
 import sqlite3, sys
-from airflow_provider_feishu_hire.client import FeishuClient, RateLimiter
-from airflow_provider_feishu_hire.ledger import Intent, Ledger, SharedPace
+from airflow_provider_feishu_hire.client import FeishuClient
+from airflow_provider_feishu_hire.ledger import Intent, Ledger
+from airflow_provider_feishu_hire.pace import RateLimiter, SharedPace
 from airflow_provider_feishu_hire.payout import withdraw_batch
 from airflow_provider_feishu_hire.withdrawal import derive_external_order_id
 from tests.conftest import postgres_ledger_connection
@@ -215,7 +208,8 @@ connect = (lambda: sqlite3.connect(where, isolation_level=None, check_same_threa
     else postgres_ledger_connection(where)
 ledger = Ledger(connect, dialect)
 shared = sys.argv[6] == "shared"
-pace = lambda key, limit: SharedPace(ledger, "{app_id}:" + key, limit, 1.0) if shared else RateLimiter(limit, 1.0)
+pace = lambda key, limit: SharedPace(ledger.reserve_slot, "{app_id}:" + key, limit, 1.0) if shared \\
+    else RateLimiter(limit, 1.0)
 client = FeishuClient("{app_id}", "{secret}", url, withdraw_limiter=pace("withdraw", per_second),
                       assets_limiter=pace("get_account_assets", 8))
 intent = lambda a: Intent(derive_external_order_id(**run, referral_account_id=a), a, (1, 2), "{app_id}", **run)
@@ -348,7 +342,7 @@ def test_one_pace_shared_through_the_ledger_keeps_two_workers_within_feishus_lim
 
 
 def test_the_shared_pace_hands_out_slots_an_interval_apart(ledger: Ledger) -> None:
-    pace = SharedPace(ledger, "cli_app:withdraw", limit=50, period=1.0)
+    pace = SharedPace(ledger.reserve_slot, "cli_app:withdraw", limit=50, period=1.0)
     slots = sorted(ledger.reserve_slot(pace.pace_key, pace.interval) for _ in range(20))
     gaps = [b - a for a, b in itertools.pairwise(slots)]
     assert min(gaps) >= pace.interval - 1e-6

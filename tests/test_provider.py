@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import subprocess
@@ -51,6 +52,7 @@ def test_providers_manager_loads_the_connection_form_without_warnings(
             "retry_budget",
             "withdraw_rate_limit",
             "assets_rate_limit",
+            "shared_pace",
         )
     }
     messages = [r.getMessage() for r in caplog.records] + [str(w.message) for w in caught]
@@ -80,3 +82,11 @@ def test_importing_the_operator_does_not_load_the_http_stack() -> None:
     loaded = done.stdout.strip().splitlines()[-1]
     assert "airflow_provider_feishu_hire.withdrawal" in loaded  # the probe did import the operator
     assert "client" not in loaded and "hooks" not in loaded
+
+    probe = probe.replace("operators.referral_account", "operators.payroll")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    modules = set(ast.literal_eval(done.stdout.strip().splitlines()[-1]))
+    assert "airflow_provider_feishu_hire.operators.payroll" in modules
+    heavy = {"client", "hooks.feishu_hire", "hooks.ledger", "payroll", "payout"}
+    assert not modules & {f"airflow_provider_feishu_hire.{name}" for name in heavy}

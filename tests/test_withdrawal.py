@@ -151,8 +151,10 @@ def test_an_answer_without_cash_or_points_is_a_zero_withdrawal() -> None:
         ({"point_bonus": True}, "1", "point_bonus"),
         ({}, None, "trans_time"),
         ({}, "yesterday", "trans_time"),
+        (None, "1", "withdrawal_details"),  # money moved; how much is not "nothing"
+        ("points 100", "1", "withdrawal_details"),
     ],
 )
-def test_an_unreadable_answer_is_never_guessed(details: dict[str, object], trans_time: object, problem: str) -> None:
+def test_an_unreadable_answer_is_never_guessed(details: object, trans_time: object, problem: str) -> None:
     with pytest.raises(UnreadableAnswer, match=problem):
         parse_withdrawal("7001", {"external_order_id": "1", "trans_time": trans_time, "withdrawal_details": details})

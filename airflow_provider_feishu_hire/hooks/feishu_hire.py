@@ -14,12 +14,11 @@ from airflow_provider_feishu_hire.client import (
     DEFAULT_BASE_URL,
     WITHDRAW_LIMIT_PER_MINUTE,
     FeishuClient,
-    Pace,
-    RateLimiter,
     RetryPolicy,
 )
 from airflow_provider_feishu_hire.exceptions import SCOPE_CODE, TOKEN_CODES, FeishuAPIError
-from airflow_provider_feishu_hire.ledger import Ledger, SharedPace
+from airflow_provider_feishu_hire.ledger import Ledger
+from airflow_provider_feishu_hire.pace import Pace, RateLimiter, SharedPace
 
 # A syntactically valid id no tenant has: reading it is harmless and proves the scope.
 SCOPE_PROBE_ACCOUNT_ID = "0"
@@ -34,7 +33,8 @@ class FeishuHireHook(BaseHook):
     (seconds per request), ``max_attempts``, ``backoff_base``, ``backoff_max``,
     ``retry_budget`` (seconds for all attempts of one call), ``withdraw_rate_limit``
     (withdrawals per minute, default Feishu's 100) and ``assets_rate_limit`` (balance reads
-    per second, default 10); a rate limit of 0 turns client-side pacing off.
+    per second, default 10); a rate limit of 0 turns client-side pacing off, and
+    ``shared_pace: false`` paces each task process on its own instead of through the ledger.
 
     One hook owns one client, so all calls of a task, from any of its threads, share one
     keep-alive session, one token and one pace. ``withdraw_per_minute`` and
@@ -86,6 +86,7 @@ class FeishuHireHook(BaseHook):
                 budget=_number(extra, "retry_budget", defaults.budget),
             ),
             withdraw_limiter=self._pace(
+                extra,
                 f"{conn.login}:withdraw",
                 self.withdraw_per_minute,
                 _number(extra, "withdraw_rate_limit", None),
@@ -93,6 +94,7 @@ class FeishuHireHook(BaseHook):
                 60.0,
             ),
             assets_limiter=self._pace(
+                extra,
                 f"{conn.login}:get_account_assets",
                 self.assets_per_second,
                 _number(extra, "assets_rate_limit", None),
@@ -105,13 +107,24 @@ class FeishuHireHook(BaseHook):
         )
 
     def _pace(
-        self, key: str, override: float | None, configured: float | None, published: int, period: float
+        self,
+        extra: dict[str, Any],
+        key: str,
+        override: float | None,
+        configured: float | None,
+        published: int,
+        period: float,
     ) -> Pace | None:
-        """The operator's limit, else the connection's, else Feishu's published one; 0 means no pacing."""
+        """The operator's limit, else the connection's, else Feishu's published one; 0 means no pacing.
+
+        Shared through the ledger unless the connection's ``shared_pace`` is false.
+        """
         limit = float(override if override is not None else configured if configured is not None else published)
         if limit <= 0:
             return None
-        return SharedPace(self.ledger, key, limit, period) if self.ledger else RateLimiter(limit, period)
+        if self.ledger is not None and extra.get("shared_pace") not in (False, "false", "False", 0):
+            return SharedPace(self.ledger.reserve_slot, key, limit, period)
+        return RateLimiter(limit, period)
 
     def get_conn(self) -> FeishuClient:
         return self.client

@@ -20,9 +20,8 @@ from airflow.providers.common.sql.hooks.sql import DbApiHook
 from airflow.sdk import BaseHook, Connection
 from airflow.sdk.exceptions import AirflowNotFoundException
 
-from airflow_provider_feishu_hire.ledger import Ledger, LedgerError
+from airflow_provider_feishu_hire.ledger import DEFAULT_LEDGER_CONN_ID, Ledger, LedgerError
 
-DEFAULT_LEDGER_CONN_ID = "feishu_hire_ledger"
 EMBEDDED_LEDGER_FILE = "feishu_hire_ledger.db"
 # Executors whose tasks run on other machines, each with its own $AIRFLOW_HOME.
 DISTRIBUTED_EXECUTORS = ("CeleryExecutor", "KubernetesExecutor", "EdgeExecutor", "CeleryKubernetesExecutor")
@@ -80,10 +79,15 @@ class FeishuHireLedgerHook(BaseHook):
         except AirflowNotFoundException:
             if self.ledger_conn_id != DEFAULT_LEDGER_CONN_ID:
                 raise
-            return SqliteLedgerDbHook(_embedded_path())
+            _refuse_sqlite_on_several_machines(
+                f"No {DEFAULT_LEDGER_CONN_ID} connection, and the embedded SQLite ledger"
+            )
+            home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
+            return SqliteLedgerDbHook(Path(home) / EMBEDDED_LEDGER_FILE)
         if conn.conn_type == "sqlite":
             if not conn.host or not conn.host.strip():
                 raise LedgerError(f"connection {self.ledger_conn_id} (sqlite) needs the database file's path as host")
+            _refuse_sqlite_on_several_machines(f"Connection {self.ledger_conn_id} is SQLite, which")
             return SqliteLedgerDbHook(conn.host)
         hook = conn.get_hook()
         if not isinstance(hook, DbApiHook):
@@ -142,18 +146,17 @@ class FeishuHireLedgerHook(BaseHook):
             self.ledger.close()
 
 
-def _embedded_path() -> Path:
+def _refuse_sqlite_on_several_machines(subject: str) -> None:
+    """SQLite is one file on one machine: under an executor that spreads tasks over machines it splits the ledger."""
     executor = _configured_executor()
     distributed = [name for name in DISTRIBUTED_EXECUTORS if name in executor]
     if distributed:
         raise LedgerError(
-            f"No {DEFAULT_LEDGER_CONN_ID} connection, and the embedded SQLite ledger cannot be used with "
-            f"{distributed[0]}: each worker would keep its own file and the record of what was paid would "
-            f"split. Create a {DEFAULT_LEDGER_CONN_ID} connection to a database every worker reaches "
-            "(PostgreSQL), e.g. AIRFLOW_CONN_FEISHU_HIRE_LEDGER='postgresql://user:pass@host:5432/payouts'."
+            f"{subject} cannot be used with {distributed[0]}: each worker would keep its own file (SQLite's "
+            "locking is not safe on network file systems either) and the record of what was paid would split. "
+            f"Point {DEFAULT_LEDGER_CONN_ID} at a database every worker reaches (PostgreSQL), e.g. "
+            "AIRFLOW_CONN_FEISHU_HIRE_LEDGER='postgresql://user:pass@host:5432/payouts'."
         )
-    home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
-    return Path(home) / EMBEDDED_LEDGER_FILE
 
 
 def _configured_executor() -> str:

@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_provider_feishu_hire.operators.referral_account import (
-    DEFAULT_LEDGER_CONN_ID,
-    FEISHU_BLUE,
-    input_errors_fail_the_task,
-)
+from airflow_provider_feishu_hire.ledger import DEFAULT_LEDGER_CONN_ID
+from airflow_provider_feishu_hire.operators.referral_account import FEISHU_BLUE, input_errors_fail_the_task
 from airflow_provider_feishu_hire.withdrawal import check_referral_account_ids, plural
 
 if TYPE_CHECKING:
@@ -91,7 +88,8 @@ class ReferralPayrollOperator(BaseOperator):
         try:
             if window:
                 rows = ledger.rows(start_trans_time=window[0], end_trans_time=window[1])
-                rows += ledger.rows(statuses=OPEN_STATUSES)  # any open one may belong to the window
+                # An open withdrawal first requested before the window ends may have been paid in it.
+                rows += ledger.rows(statuses=OPEN_STATUSES, requested_before=_iso(window[1]))
                 name = f"{window[0]}-{window[1]}"
             else:
                 rows = ledger.rows(dag_id=dag_id, run_id=run_id)
@@ -116,6 +114,12 @@ class ReferralPayrollOperator(BaseOperator):
             )
         self.log.info("Payroll: %s, %s, written to %s", plural(accounts, "account"), plural(len(table), "row"), where)
         return {"csv": str(path) if path else None, "rows": len(table), "accounts": accounts}
+
+
+def _iso(millis: int) -> str:
+    """Milliseconds since the epoch as the ledger writes times (ISO 8601, UTC, milliseconds)."""
+    moment = datetime.fromtimestamp(millis // 1000, tz=timezone.utc).replace(microsecond=(millis % 1000) * 1000)
+    return moment.isoformat(timespec="milliseconds")
 
 
 def _window(start: object, end: object) -> tuple[int, int] | None:

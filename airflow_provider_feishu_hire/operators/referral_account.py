@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_provider_feishu_hire.ledger import DEFAULT_LEDGER_CONN_ID
 from airflow_provider_feishu_hire.withdrawal import (
     CASH,
     POINTS,
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from airflow_provider_feishu_hire.ledger import Intent
 
 FEISHU_BLUE = "#3370ff"
-DEFAULT_LEDGER_CONN_ID = "feishu_hire_ledger"
 
 
 @contextmanager
@@ -41,6 +41,15 @@ def input_errors_fail_the_task() -> Iterator[None]:
         yield
     except (ValueError, TypeError) as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
+
+
+@contextmanager
+def _closed_on_error(hook: Any) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        hook.close()
+        raise
 
 
 class ReferralWithdrawOperator(BaseOperator):
@@ -113,7 +122,8 @@ class ReferralWithdrawOperator(BaseOperator):
             order_id = None if self.external_order_id is None else check_external_order_id(self.external_order_id)
             ledger_hook = FeishuHireLedgerHook(self.ledger_conn_id)
             ledger = ledger_hook.ledger  # an unusable ledger is a configuration error: no retries
-            client = FeishuHireHook(feishu_hire_conn_id=self.feishu_hire_conn_id, ledger=ledger).client
+            with _closed_on_error(ledger_hook):
+                client = FeishuHireHook(feishu_hire_conn_id=self.feishu_hire_conn_id, ledger=ledger).client
         try:
             with input_errors_fail_the_task():  # an order id the ledger holds for another account
                 outcome = withdraw_account(
@@ -187,13 +197,14 @@ class ReferralBatchWithdrawOperator(BaseOperator):
             bonus_types = check_withdraw_bonus_type(self.withdraw_bonus_type)
             ledger_hook = FeishuHireLedgerHook(self.ledger_conn_id)
             ledger = ledger_hook.ledger
-            client = FeishuHireHook(
-                feishu_hire_conn_id=self.feishu_hire_conn_id,
-                withdraw_per_minute=self.withdraw_per_minute,
-                assets_per_second=self.assets_per_second,
-                pool_size=self.max_workers,
-                ledger=ledger,
-            ).client
+            with _closed_on_error(ledger_hook):
+                client = FeishuHireHook(
+                    feishu_hire_conn_id=self.feishu_hire_conn_id,
+                    withdraw_per_minute=self.withdraw_per_minute,
+                    assets_per_second=self.assets_per_second,
+                    pool_size=self.max_workers,
+                    ledger=ledger,
+                ).client
         self.log.info("Withdrawing %d referral accounts", len(account_ids))
         try:
             summary = withdraw_batch(
