@@ -21,6 +21,12 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
+from airflow_provider_feishu_hire.accounts import (
+    check_point_totals,
+    check_referrer,
+    check_trans_time,
+    check_user_id_type,
+)
 from airflow_provider_feishu_hire.exceptions import (
     PERMANENT_CODES,
     RATE_LIMIT_CODE,
@@ -41,6 +47,10 @@ DEFAULT_BASE_URL = "https://open.feishu.cn"
 TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
 WITHDRAW_PATH = "/open-apis/hire/v1/referral_account/{}/withdraw"
 ACCOUNT_ASSETS_PATH = "/open-apis/hire/v1/referral_account/get_account_assets"
+REGISTER_PATH = "/open-apis/hire/v1/referral_account"
+DEACTIVATE_PATH = "/open-apis/hire/v1/referral_account/{}/deactivate"
+ENABLE_PATH = "/open-apis/hire/v1/referral_account/enable"
+RECONCILIATION_PATH = "/open-apis/hire/v1/referral_account/reconciliation"
 
 # Feishu's published limits per app and tenant.
 WITHDRAW_LIMIT_PER_MINUTE = 100
@@ -147,6 +157,17 @@ def parse_envelope(response: requests.Response) -> dict[str, Any]:
         or (status >= 500 and code not in PERMANENT_CODES),
         retry_after=_reset_seconds(headers) if rate_limited else None,
     )
+
+
+def _query(**values: str | None) -> dict[str, str]:
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _account(answer: Mapping[str, Any], doing: str) -> dict[str, Any]:
+    account = (answer.get("data") or {}).get("account")
+    if not isinstance(account, dict) or not account.get("account_id"):
+        raise FeishuAPIError("success answer without the account", retryable=False, context=doing)
+    return account
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -289,17 +310,84 @@ class FeishuClient:
             )
         return data
 
-    def get_account_assets(self, referral_account_id: object) -> dict[str, Any]:
+    def get_account_assets(self, referral_account_id: object, user_id_type: object = None) -> dict[str, Any]:
         """Balance and status of one referral account: the answer's ``data``."""
         account_id = check_referral_account_id(referral_account_id)
         answer = self._call(
             "GET",
             ACCOUNT_ASSETS_PATH,
             context=f"reading the balance of referral account {account_id}",
-            params={"referral_account_id": account_id},
+            params=_query(referral_account_id=account_id, user_id_type=check_user_id_type(user_id_type)),
             limiter=self.assets_limiter,
         )
         return dict(answer.get("data") or {})
+
+    def register_referral_account(
+        self, *, mobile: object = None, mobile_code: object = "86", email: object = None, user_id_type: object = None
+    ) -> dict[str, Any]:
+        """Register a referrer's account by mobile or email; return the answer's ``account`` (with its id).
+
+        Feishu does not make this idempotent. The client still retries transient errors:
+        if an earlier attempt created the account and its answer was lost, Feishu either
+        answers the existing account or refuses the duplicate, depending on a behaviour
+        its docs leave open; the refusal then names the referrer so a person can find the
+        account id in Feishu Hire.
+        """
+        body = check_referrer(mobile=mobile, mobile_code=mobile_code, email=email)
+        who = body.get("email") or "mobile +{code} {number}".format(**body["mobile"])
+        answer = self._call(
+            "POST",
+            REGISTER_PATH,
+            context=f"registering the referral account of {who}",
+            json=body,
+            params=_query(user_id_type=check_user_id_type(user_id_type)),
+        )
+        return _account(answer, f"registering {who}")
+
+    def deactivate_referral_account(self, referral_account_id: object) -> dict[str, Any]:
+        """Deactivate an account (its balance can no longer be withdrawn); return the answer's ``account``."""
+        account_id = check_referral_account_id(referral_account_id)
+        answer = self._call(
+            "POST",
+            DEACTIVATE_PATH.format(quote(account_id, safe="")),
+            context=f"deactivating referral account {account_id}",
+        )
+        return _account(answer, f"deactivating {account_id}")
+
+    def enable_referral_account(self, referral_account_id: object, user_id_type: object = None) -> dict[str, Any]:
+        """Enable a deactivated account again; return the answer's ``account``."""
+        account_id = check_referral_account_id(referral_account_id)
+        answer = self._call(
+            "POST",
+            ENABLE_PATH,
+            context=f"enabling referral account {account_id}",
+            json={"referral_account_id": account_id},
+            params=_query(user_id_type=check_user_id_type(user_id_type)),
+        )
+        return _account(answer, f"enabling {account_id}")
+
+    def reconcile_referral_accounts(
+        self, start_trans_time: object, end_trans_time: object, point_totals: Mapping[str, object]
+    ) -> list[dict[str, Any]]:
+        """Send our per-account point totals for a ``trans_time`` window; return Feishu's ``check_failed_list``.
+
+        Feishu compares them with what it paid out and lists every account where the two
+        disagree, with both figures: the second witness to the ledger.
+        """
+        start = check_trans_time(start_trans_time, "start_trans_time")
+        end = check_trans_time(end_trans_time, "end_trans_time")
+        if int(start) > int(end):
+            raise ValueError(f"start_trans_time {start} is after end_trans_time {end}")
+        answer = self._call(
+            "POST",
+            RECONCILIATION_PATH,
+            context=f"reconciling referral-account withdrawals from {start} to {end}",
+            json={"start_trans_time": start, "end_trans_time": end, "trade_details": check_point_totals(point_totals)},
+        )
+        failed = (answer.get("data") or {}).get("check_failed_list") or []
+        if not isinstance(failed, list):
+            raise FeishuAPIError("reconciliation answer's check_failed_list is not a list", retryable=True)
+        return failed
 
     # -- the one way a request is sent ------------------------------------------------------
 

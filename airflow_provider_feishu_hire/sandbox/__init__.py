@@ -4,25 +4,33 @@
 """
 
 from airflow_provider_feishu_hire.sandbox.server import (
+    COUNTERS,
     DEFAULT_APP_ID,
     DEFAULT_APP_SECRET,
+    DEFAULT_TENANT_KEY,
+    ENDPOINTS,
     FAULT_KINDS,
     MALFORMED_VARIANTS,
     Account,
     Fault,
     FeishuSandbox,
+    Referrer,
     UnknownAccount,
     demo_accounts,
 )
 
 __all__ = [
+    "COUNTERS",
     "DEFAULT_APP_ID",
     "DEFAULT_APP_SECRET",
+    "DEFAULT_TENANT_KEY",
+    "ENDPOINTS",
     "FAULT_KINDS",
     "MALFORMED_VARIANTS",
     "Account",
     "Fault",
     "FeishuSandbox",
+    "Referrer",
     "UnknownAccount",
     "demo_accounts",
 ]

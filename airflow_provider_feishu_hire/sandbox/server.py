@@ -5,9 +5,21 @@ It follows the public API reference (envelopes, codes with their HTTP statuses,
 that the client's tests are tests against the API's shape, not against itself.
 It binds to loopback only.
 
+The API it serves (field names as in Feishu's docs and the official SDK's models):
+
+- tokens: a custom app's ``POST /open-apis/auth/v3/tenant_access_token/internal``; a store
+  (isv) app's ``POST /open-apis/auth/v3/app_ticket/resend``, ``POST
+  /open-apis/auth/v3/app_access_token`` and ``POST /open-apis/auth/v3/tenant_access_token``;
+- referral accounts under ``/open-apis/hire/v1/referral_account``: register (``POST``
+  on the collection), ``POST {id}/deactivate``, ``POST enable``, ``POST {id}/withdraw``,
+  ``GET get_account_assets`` and ``POST reconciliation``, which answers from the
+  sandbox's own ledger of withdrawals.
+
 Where Feishu's documentation is silent (withdrawing an empty balance, replaying an order
-whose account was deactivated since), the sandbox offers each plausible behaviour behind
-a switch, so the client can be tested against all of them rather than against a guess.
+whose account was deactivated since, registering a referrer twice, whether a
+reconciliation window's end is inclusive, deactivating an account twice), the sandbox
+offers each plausible behaviour behind a switch, so the client can be tested against all
+of them rather than against a guess.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ from urllib.parse import parse_qs, urlsplit
 
 DEFAULT_APP_ID = "cli_sandbox_app"
 DEFAULT_APP_SECRET = "sandbox-app-secret-not-for-production"
+DEFAULT_TENANT_KEY = "sandbox_tenant_key"
 TOKEN_LIFETIME = 7200
 TOKEN_REUSE_WINDOW = 1800  # Feishu hands back the same token while more than 30 minutes are left
 REFERRAL_SCOPE = "hire:referral_account"
@@ -45,18 +58,90 @@ FAULT_KINDS = (
 )
 MALFORMED_VARIANTS = ("null_amount", "text_amount", "fractional_points")
 _DEFAULT_STATUS = {"rate_limit": 429, "html_page": 502, "revoke_token": 400}
-ENDPOINTS = ("token", "withdraw", "assets", "any")
+# Fault targets. "token" is whichever endpoint hands out tenant_access_tokens (the custom
+# app's /internal one or the store app's), "app_token" the store app's app_access_token,
+# "app_ticket" the store app's ticket resend; "any" is every endpoint.
+ENDPOINTS = (
+    "token",
+    "withdraw",
+    "assets",
+    "register",
+    "deactivate",
+    "enable",
+    "reconciliation",
+    "app_ticket",
+    "app_token",
+    "any",
+)
+# What state()["requests"] counts: the endpoints' accepted calls, and the calls refused with a 429.
+COUNTERS = (*ENDPOINTS[:-1], "rate_limited")
+USER_ID_TYPES = ("open_id", "union_id", "user_id", "people_admin_id")
 EmptyWithdrawal = Literal["zeros", "error"]
 ReplayAfterDeactivate = Literal["original", "error"]
+Reregister = Literal["existing", "error"]
+ReconcileEnd = Literal["inclusive", "exclusive"]
+RepeatStatusChange = Literal["idempotent", "error"]
+AppType = Literal["custom", "isv"]
 EMPTY_WITHDRAWAL_MODES: tuple[str, ...] = get_args(EmptyWithdrawal)
 REPLAY_AFTER_DEACTIVATE_MODES: tuple[str, ...] = get_args(ReplayAfterDeactivate)
+REREGISTER_MODES: tuple[str, ...] = get_args(Reregister)
+RECONCILE_END_MODES: tuple[str, ...] = get_args(ReconcileEnd)
+REPEAT_STATUS_CHANGE_MODES: tuple[str, ...] = get_args(RepeatStatusChange)
+APP_TYPES: tuple[str, ...] = get_args(AppType)
 
+_HIRE = "/open-apis/hire/v1/referral_account"
 _WITHDRAW = re.compile(r"^/open-apis/hire/v1/referral_account/([^/]+)/withdraw$")
-_ASSETS = "/open-apis/hire/v1/referral_account/get_account_assets"
+_DEACTIVATE = re.compile(r"^/open-apis/hire/v1/referral_account/([^/]+)/deactivate$")
+_ASSETS = f"{_HIRE}/get_account_assets"
+_REGISTER = _HIRE
+_ENABLE = f"{_HIRE}/enable"
+_RECONCILIATION = f"{_HIRE}/reconciliation"
 _TOKEN = "/open-apis/auth/v3/tenant_access_token/internal"
+_ISV_TENANT_TOKEN = "/open-apis/auth/v3/tenant_access_token"
+_ISV_APP_TOKEN = "/open-apis/auth/v3/app_access_token"
+_APP_TICKET_RESEND = "/open-apis/auth/v3/app_ticket/resend"
+_ROUTES = {
+    ("POST", _TOKEN): "token",
+    ("POST", _ISV_TENANT_TOKEN): "token",
+    ("POST", _ISV_APP_TOKEN): "app_token",
+    ("POST", _APP_TICKET_RESEND): "app_ticket",
+    ("GET", _ASSETS): "assets",
+    ("POST", _REGISTER): "register",
+    ("POST", _ENABLE): "enable",
+    ("POST", _RECONCILIATION): "reconciliation",
+}
+_TOKEN_ENDPOINTS = ("token", "app_token", "app_ticket")  # no Authorization header; never rate limited here
+_TRANS_TIME = re.compile(r"[0-9]{1,19}")
+_MOBILE_CODE = re.compile(r"\+?([0-9]{1,4})")
+_MOBILE_NUMBER = re.compile(r"[0-9]{4,20}")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _CENT = Decimal("0.01")
 _DECIMAL_MARK = re.compile(r'"\\u0000(-?[0-9.]+)\\u0000"')
 _NOT_FOUND = {"code": 404, "msg": "404 page not found"}
+
+
+@dataclass
+class Referrer:
+    """The person behind a registered account, as ``get_account_assets`` shows them under ``referrer``.
+
+    The shape is the official SDK's ``AccountReferrer``: ``id`` (in the ``user_id_type``
+    asked for), ``name`` as i18n text ``{"zh_cn", "en_us"}``, ``email`` and ``mobile`` as
+    strings (the sandbox writes a mobile as ``+<code><number>``; Feishu's exact spelling
+    is unconfirmed). Only what the account was registered with is shown.
+    """
+
+    ids: dict[str, str]
+    name: dict[str, str]
+    email: str | None = None
+    mobile: str | None = None
+
+    def to_json(self, user_id_type: str = "open_id") -> dict[str, Any]:
+        shown: dict[str, Any] = {"id": self.ids[user_id_type], "name": dict(self.name)}
+        if self.email is not None:
+            shown["email"] = self.email
+        if self.mobile is not None:
+            shown["mobile"] = self.mobile
+        return shown
 
 
 @dataclass
@@ -65,6 +150,7 @@ class Account:
     point_bonus: int = 0
     cash_bonus: dict[str, Decimal] = field(default_factory=dict)
     enabled: bool = True
+    referrer: Referrer | None = None  # accounts registered through the API have one; demo accounts do not
 
     @classmethod
     def from_json(cls, item: Mapping[str, Any]) -> Account:
@@ -87,7 +173,7 @@ class Account:
 
 @dataclass
 class Fault:
-    """The next ``times`` requests to ``endpoint`` go wrong in the way ``kind`` names.
+    """The next ``times`` requests to ``endpoint`` (one of :data:`ENDPOINTS`) go wrong in the way ``kind`` names.
 
     ``seconds`` is the delay of ``slow`` and the ``x-ogw-ratelimit-reset`` of ``rate_limit``
     and of a 429 ``html_page``. ``status`` is the HTTP status of ``rate_limit`` (429; older
@@ -154,16 +240,43 @@ class _Window:
 class FeishuSandbox:
     """Start with ``with FeishuSandbox() as sandbox:`` and point a connection at ``sandbox.url``.
 
-    Rate limits are (calls, seconds) per endpoint, Feishu's published ones by default;
-    ``rate_limits=False`` lifts them for fast tests.
+    Rate limits are (calls, seconds) per endpoint, Feishu's published ones by default
+    (enable's 10 a second is unconfirmed); ``rate_limits=False`` lifts them for fast tests.
+    Token endpoints are never limited. ``requests`` counts, per endpoint, the calls that
+    were authorized and well formed (refusals such as 1002553 included; token endpoints:
+    the tokens issued and tickets resent) and the calls refused with a 429; a counter appears there once it counts,
+    while ``state()["requests"]`` always lists all of :data:`COUNTERS`.
 
-    Two switches cover what Feishu's docs leave open. ``empty_withdrawal``: withdrawing
-    when every chosen kind is zero either succeeds with zeros and records an order
-    (``"zeros"``) or is refused with HTTP 400, code 1002556, recording nothing, so the
-    same ``external_order_id`` withdraws for real once money arrives (``"error"``).
-    ``replay_after_deactivate``: a repeated ``external_order_id`` whose account has been
-    deactivated since answers with the original details (``"original"``) or with
-    1002555 (``"error"``).
+    ``app_type`` says whose credentials ``app_id``/``app_secret`` are: a custom
+    (self-built) app's, which gets tenant tokens from ``/tenant_access_token/internal``,
+    or a store app's (``"isv"``), which gets them in three steps (the app_ticket, an
+    app_access_token, then a tenant_access_token for ``tenant_key``); each app type's
+    endpoints refuse the other type with HTTP 400, code 10003. The sandbox always holds
+    one current app_ticket (:attr:`app_ticket`); resending or :meth:`rotate_app_ticket`
+    replaces it, and only the latest one is valid.
+
+    Switches for what Feishu's docs leave open, the first value the default:
+
+    - ``empty_withdrawal``: withdrawing when every chosen kind is zero either succeeds with
+      zeros and records an order (``"zeros"``) or is refused with HTTP 400, code 1002556,
+      recording nothing, so the same ``external_order_id`` withdraws for real once money
+      arrives (``"error"``).
+    - ``replay_after_deactivate``: a repeated ``external_order_id`` whose account has been
+      deactivated since answers with the original details (``"original"``) or with
+      1002555 (``"error"``).
+    - ``reregister``: registering a mobile number or email that already has an account
+      answers that account as it stands now, balance and status included (``"existing"``),
+      or is refused with HTTP 400, code 1002557 (``"error"``). A mobile number and an
+      email are different referrers, even for one person.
+    - ``reconcile_end``: whether a withdrawal whose ``trans_time`` equals the window's
+      ``end_trans_time`` is in the window (``"inclusive"``) or not (``"exclusive"``); the
+      start is always inclusive.
+    - ``repeat_status_change``: deactivating a deactivated account or enabling an enabled
+      one answers the account unchanged (``"idempotent"``), or is refused with HTTP 400:
+      1002555 for a second deactivation, 1002002 for a second enabling (``"error"``; the
+      codes are the documented ones nearest in meaning, Feishu's own are unknown).
+      ``deactivate``/``enable`` in Python and ``/_sandbox/...`` are an admin's hand and
+      always idempotent.
     """
 
     def __init__(
@@ -178,25 +291,46 @@ class FeishuSandbox:
         rate_limits: bool = True,
         withdraw_limit: tuple[int, float] = (100, 60.0),
         assets_limit: tuple[int, float] = (10, 1.0),
+        register_limit: tuple[int, float] = (100, 60.0),
+        deactivate_limit: tuple[int, float] = (100, 60.0),
+        enable_limit: tuple[int, float] = (10, 1.0),
+        reconciliation_limit: tuple[int, float] = (100, 60.0),
         token_lifetime: int = TOKEN_LIFETIME,
         tls: tuple[str, str] | None = None,
         empty_withdrawal: EmptyWithdrawal = "zeros",
         replay_after_deactivate: ReplayAfterDeactivate = "original",
+        reregister: Reregister = "existing",
+        reconcile_end: ReconcileEnd = "inclusive",
+        repeat_status_change: RepeatStatusChange = "idempotent",
+        app_type: AppType = "custom",
+        tenant_key: str = DEFAULT_TENANT_KEY,
     ) -> None:
         if not _is_loopback(host):
             raise ValueError(f"the sandbox binds to loopback only, not {host!r}")
-        if empty_withdrawal not in EMPTY_WITHDRAWAL_MODES:
-            raise ValueError(f"empty_withdrawal {empty_withdrawal!r} is not one of {EMPTY_WITHDRAWAL_MODES}")
-        if replay_after_deactivate not in REPLAY_AFTER_DEACTIVATE_MODES:
-            raise ValueError(
-                f"replay_after_deactivate {replay_after_deactivate!r} is not one of {REPLAY_AFTER_DEACTIVATE_MODES}"
-            )
+        for name, value, modes in (
+            ("empty_withdrawal", empty_withdrawal, EMPTY_WITHDRAWAL_MODES),
+            ("replay_after_deactivate", replay_after_deactivate, REPLAY_AFTER_DEACTIVATE_MODES),
+            ("reregister", reregister, REREGISTER_MODES),
+            ("reconcile_end", reconcile_end, RECONCILE_END_MODES),
+            ("repeat_status_change", repeat_status_change, REPEAT_STATUS_CHANGE_MODES),
+            ("app_type", app_type, APP_TYPES),
+        ):
+            if value not in modes:
+                raise ValueError(f"{name} {value!r} is not one of {modes}")
+        if not isinstance(tenant_key, str) or not tenant_key:
+            raise ValueError(f"tenant_key must be a non-empty string, not {tenant_key!r}")
         self.empty_withdrawal = empty_withdrawal
         self.replay_after_deactivate = replay_after_deactivate
+        self.reregister = reregister
+        self.reconcile_end = reconcile_end
+        self.repeat_status_change = repeat_status_change
+        self.app_type = app_type
+        self.tenant_key = tenant_key
         self.app_id, self.app_secret = app_id, app_secret
         self.scopes = set(scopes)
         self.token_lifetime = token_lifetime
-        self.issued_tokens: list[str] = []
+        self.issued_tokens: list[str] = []  # tenant_access_tokens, whichever app type asked
+        self.issued_app_tokens: list[str] = []  # a store app's app_access_tokens
         # Copies: the caller's accounts keep their balances, so tests can compare against them.
         self.accounts = {
             a.account_id: replace(a, cash_bonus=dict(a.cash_bonus))
@@ -204,11 +338,22 @@ class FeishuSandbox:
         }
         self.orders: dict[str, dict[str, Any]] = {}
         self._order_accounts: dict[str, str] = {}  # external_order_id -> the account it drained
+        self._registrations: dict[tuple[str, ...], str] = {}  # ("mobile", code, number) or ("email", ...) -> id
         self.ledger: list[dict[str, Any]] = []
-        self.requests: dict[str, int] = {"token": 0, "withdraw": 0, "assets": 0, "rate_limited": 0}
+        self.requests: dict[str, int] = _Counts(token=0, withdraw=0, assets=0, rate_limited=0)
         self.faults: list[Fault] = []
         self._tokens: dict[str, float] = {}
-        self._limits = {"withdraw": _Window(*withdraw_limit), "assets": _Window(*assets_limit)} if rate_limits else {}
+        self._app_tokens: dict[str, float] = {}
+        self._app_ticket = _new_ticket()
+        limits = {
+            "withdraw": withdraw_limit,
+            "assets": assets_limit,
+            "register": register_limit,
+            "deactivate": deactivate_limit,
+            "enable": enable_limit,
+            "reconciliation": reconciliation_limit,
+        }
+        self._limits = {name: _Window(*limit) for name, limit in limits.items()} if rate_limits else {}
         self.lock = threading.RLock()
         self._server = ThreadingHTTPServer((host, port), _Handler)
         self._server.daemon_threads = True
@@ -263,9 +408,39 @@ class FeishuSandbox:
         with self.lock:
             self.faults.append(Fault(kind, endpoint, times, **options))
 
-    def revoke_tokens(self) -> None:
+    def revoke_tokens(self, *, app_tokens: bool = False) -> None:
+        """Invalidate every tenant_access_token, and with ``app_tokens`` every app_access_token too."""
         with self.lock:
             self._tokens.clear()
+            if app_tokens:
+                self._app_tokens.clear()
+
+    @property
+    def app_ticket(self) -> str:
+        """The current app_ticket, which Feishu would push to a store app in the ``app_ticket`` event."""
+        with self.lock:
+            return self._app_ticket
+
+    def rotate_app_ticket(self) -> str:
+        """Issue a new app_ticket, as Feishu's hourly push does; the previous one stops working. Returns it."""
+        with self.lock:
+            self._app_ticket = _new_ticket()
+            return self._app_ticket
+
+    def register(self, *, mobile: Mapping[str, str] | None = None, email: str | None = None) -> dict[str, Any]:
+        """Register a referrer as the API does (``mobile={"code": "86", "number": ...}`` or ``email``).
+
+        Returns the account as the register endpoint answers it. Follows ``reregister``: a
+        second registration returns the existing account, or raises :class:`ValueError`
+        under ``"error"``; bad input raises :class:`ValueError` too. Counts no request.
+        """
+        body = {k: v for k, v in (("mobile", mobile), ("email", email)) if v is not None}
+        key, referrer = _referrer_request(body)
+        with self.lock:
+            _, answer = self._register(key, referrer)
+        if answer["code"] != 0:
+            raise ValueError(answer["msg"])
+        return dict(answer["data"]["account"])
 
     def credit(
         self,
@@ -308,11 +483,12 @@ class FeishuSandbox:
             return _snapshot(account)
 
     def state(self) -> dict[str, Any]:
+        """Balances by account id, the ledger of withdrawals, and every counter of :data:`COUNTERS`."""
         with self.lock:
             return {
                 "accounts": {a.account_id: _snapshot(a) for a in self.accounts.values()},
                 "ledger": list(self.ledger),
-                "requests": dict(self.requests),
+                "requests": {**dict.fromkeys(COUNTERS, 0), **self.requests},
             }
 
     # -- the API ---------------------------------------------------------------------------
@@ -333,21 +509,90 @@ class FeishuSandbox:
             return window.admit(time.monotonic()) if window else None
 
     def issue_token(self, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        """A custom app's ``tenant_access_token/internal``: ``{app_id, app_secret}``."""
+        refused = self._check_app(body) or self._check_app_type("custom")
+        if refused:
+            return refused
+        with self.lock:
+            self.requests["token"] += 1
+            token, expire = self._reuse_or_issue(self._tokens, self.issued_tokens, "t-")
+        return 200, {"code": 0, "msg": "ok", "tenant_access_token": token, "expire": expire}
+
+    def resend_app_ticket(self, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        """A store app's ``app_ticket/resend``: ``{app_id, app_secret}``; a new ticket replaces the old one."""
+        refused = self._check_app(body) or self._check_app_type("isv")
+        if refused:
+            return refused
+        with self.lock:
+            self.requests["app_ticket"] += 1
+            self._app_ticket = _new_ticket()
+        return 200, {"code": 0, "msg": "ok"}
+
+    def issue_app_token(self, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        """A store app's ``app_access_token``: ``{app_id, app_secret, app_ticket}``; reused like tenant tokens."""
+        refused = self._check_app(body) or self._check_app_type("isv")
+        if refused:
+            return refused
+        ticket = body.get("app_ticket")
+        if not isinstance(ticket, str) or not ticket:
+            return 400, {"code": 10003, "msg": "invalid param: app_ticket is required"}
+        with self.lock:
+            if ticket != self._app_ticket:
+                return 400, {"code": 10012, "msg": "app_ticket is invalid"}
+            self.requests["app_token"] += 1
+            token, expire = self._reuse_or_issue(self._app_tokens, self.issued_app_tokens, "a-")
+        return 200, {"code": 0, "msg": "ok", "app_access_token": token, "expire": expire}
+
+    def issue_isv_tenant_token(self, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        """A store app's ``tenant_access_token``: ``{app_access_token, tenant_key}``.
+
+        An unknown or expired app_access_token is refused with 99991664 (the documented
+        "token invalid" family: fetch a new app_access_token and try again), an unknown
+        tenant_key with 10003.
+        """
+        refused = self._check_app_type("isv")
+        if refused:
+            return refused
+        app_token, tenant_key = body.get("app_access_token"), body.get("tenant_key")
+        if not isinstance(app_token, str) or not app_token or not isinstance(tenant_key, str) or not tenant_key:
+            return 400, {"code": 10003, "msg": "invalid param: app_access_token and tenant_key are required"}
+        with self.lock:
+            expires = self._app_tokens.get(app_token)
+            if expires is None or expires <= time.time():
+                return 400, {"code": 99991664, "msg": "Invalid app access token."}
+            if tenant_key != self.tenant_key:
+                return 400, {"code": 10003, "msg": "invalid param: the app is not installed in this tenant_key"}
+            self.requests["token"] += 1
+            token, expire = self._reuse_or_issue(self._tokens, self.issued_tokens, "t-")
+        return 200, {"code": 0, "msg": "ok", "tenant_access_token": token, "expire": expire}
+
+    def _check_app(self, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]] | None:
         if not isinstance(body.get("app_id"), str) or body.get("app_id") != self.app_id:
             return 400, {"code": 10003, "msg": "invalid param"}
         if body.get("app_secret") != self.app_secret:
             return 400, {"code": 10014, "msg": "app secret invalid"}
-        with self.lock:
-            self.requests["token"] += 1
-            now = time.time()
-            live = [(exp, tok) for tok, exp in self._tokens.items() if exp - now > TOKEN_REUSE_WINDOW]
-            if live:
-                expires, token = max(live)
-            else:
-                token, expires = f"t-{secrets.token_hex(20)}", now + self.token_lifetime
-                self._tokens[token] = expires
-                self.issued_tokens.append(token)
-        return 200, {"code": 0, "msg": "ok", "tenant_access_token": token, "expire": int(expires - now)}
+        return None
+
+    def _check_app_type(self, wanted: str) -> tuple[int, dict[str, Any]] | None:
+        if self.app_type == wanted:
+            return None
+        if wanted == "custom":
+            hint = f"a store (isv) app's tenant_access_token comes from {_ISV_APP_TOKEN} and {_ISV_TENANT_TOKEN}"
+        else:
+            hint = f"a custom app's tenant_access_token comes from {_TOKEN}"
+        return 400, {"code": 10003, "msg": f"invalid param: {hint}"}
+
+    def _reuse_or_issue(self, pool: dict[str, float], issued: list[str], prefix: str) -> tuple[str, int]:
+        """Feishu's rule: the same token while more than 30 minutes are left, else a new one (both stay valid)."""
+        now = time.time()
+        live = [(exp, tok) for tok, exp in pool.items() if exp - now > TOKEN_REUSE_WINDOW]
+        if live:
+            expires, token = max(live)
+        else:
+            token, expires = f"{prefix}{secrets.token_hex(20)}", now + self.token_lifetime
+            pool[token] = expires
+            issued.append(token)
+        return token, int(expires - now)
 
     def authorize(self, header: str | None) -> tuple[int, dict[str, Any]] | None:
         if not header or not header.startswith("Bearer ") or not header[7:].strip():
@@ -412,27 +657,203 @@ class FeishuSandbox:
             return _deactivated()
         return 200, {"code": 0, "msg": "SUCCESS", "data": self.orders[order_id]}
 
-    def account_assets(self, account_id: str) -> tuple[int, dict[str, Any]]:
+    def account_assets(self, account_id: str, user_id_type: str = "open_id") -> tuple[int, dict[str, Any]]:
+        """The account with its ``referrer`` (registered accounts only), whose ``id`` is of ``user_id_type``."""
         with self.lock:
             self.requests["assets"] += 1
             account = self.accounts.get(account_id)
             if account is None:
-                return 400, {"code": 1002553, "msg": "referral account does not exist"}
-            return 200, {
-                "code": 0,
-                "msg": "success",
-                "data": {
-                    "account": {
-                        "account_id": account.account_id,
-                        "assets": {"confirmed_bonus": account.assets()},
-                        "status": 1 if account.enabled else 2,
-                    }
-                },
+                return _unknown_account()
+            return _account_answer(account, user_id_type)
+
+    def register_account(self, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        """``POST /referral_account``: ``{"mobile": {"code", "number"}}`` or ``{"email"}``, exactly one."""
+        try:
+            key, referrer = _referrer_request(body)
+        except ValueError as exc:
+            return _param_error(exc)
+        with self.lock:
+            self.requests["register"] += 1
+            return self._register(key, referrer)
+
+    def _register(self, key: tuple[str, ...], referrer: Referrer) -> tuple[int, dict[str, Any]]:
+        known = self._registrations.get(key)
+        if known is not None:
+            if self.reregister == "error":
+                return 400, {"code": 1002557, "msg": "referral account already exists"}
+            return _account_answer(self.accounts[known])
+        account_id = _new_id19()
+        while account_id in self.accounts:
+            account_id = _new_id19()
+        account = self.accounts[account_id] = Account(account_id, referrer=referrer)
+        self._registrations[key] = account_id
+        return _account_answer(account)
+
+    def deactivate_account(self, account_id: str) -> tuple[int, dict[str, Any]]:
+        """``POST /referral_account/{id}/deactivate`` (no body)."""
+        with self.lock:
+            self.requests["deactivate"] += 1
+            account = self.accounts.get(account_id)
+            if account is None:
+                return _unknown_account()
+            if not account.enabled and self.repeat_status_change == "error":
+                return _deactivated()
+            account.enabled = False
+            return _account_answer(account)
+
+    def enable_account(self, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        """``POST /referral_account/enable``: ``{"referral_account_id"}``."""
+        account_id = body.get("referral_account_id")
+        if not isinstance(account_id, str) or not account_id:
+            return _param_error("referral_account_id is required")
+        with self.lock:
+            self.requests["enable"] += 1
+            account = self.accounts.get(account_id)
+            if account is None:
+                return _unknown_account()
+            if account.enabled and self.repeat_status_change == "error":
+                return _param_error("referral account is already enabled")
+            account.enabled = True
+            return _account_answer(account)
+
+    def reconcile(self, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        """``POST /referral_account/reconciliation``, answered from the sandbox's own ledger.
+
+        For every account the caller names in ``trade_details`` and every account withdrawn
+        in the window, the caller's point total (0 if omitted; an account named twice is
+        summed) is compared with the points the sandbox withdrew with ``trans_time`` in the
+        window; ``check_failed_list`` holds each disagreement, by account id. An account
+        the sandbox does not know has withdrawn nothing. Cash is not compared.
+        """
+        try:
+            start, end, claimed = _reconciliation_request(body)
+        except ValueError as exc:
+            return _param_error(exc)
+        with self.lock:
+            self.requests["reconciliation"] += 1
+            withdrawn: dict[str, int] = {}
+            for entry in self.ledger:
+                at = int(entry["trans_time"])
+                if start <= at and (at <= end if self.reconcile_end == "inclusive" else at < end):
+                    account_id = entry["referral_account_id"]
+                    withdrawn[account_id] = withdrawn.get(account_id, 0) + entry["withdrawal_details"]["point_bonus"]
+        failed = [
+            {
+                "account_id": account_id,
+                "total_withdraw_reward_info": {"point_bonus": withdrawn.get(account_id, 0)},
+                "total_recharge_reward_info": {"point_bonus": claimed.get(account_id, 0)},
             }
+            for account_id in sorted(claimed.keys() | withdrawn.keys())
+            if withdrawn.get(account_id, 0) != claimed.get(account_id, 0)
+        ]
+        return 200, {"code": 0, "msg": "success", "data": {"check_failed_list": failed}}
 
 
 def _deactivated() -> tuple[int, dict[str, Any]]:
     return 400, {"code": 1002555, "msg": "referral account is deactivated"}
+
+
+def _unknown_account() -> tuple[int, dict[str, Any]]:
+    return 400, {"code": 1002553, "msg": "referral account does not exist"}
+
+
+def _param_error(reason: object) -> tuple[int, dict[str, Any]]:
+    return 400, {"code": 1002002, "msg": f"param error: {reason}"}
+
+
+def _account_answer(account: Account, user_id_type: str | None = None) -> tuple[int, dict[str, Any]]:
+    """``data.account`` as every referral-account endpoint answers it; ``referrer`` only with a ``user_id_type``."""
+    shown: dict[str, Any] = {
+        "account_id": account.account_id,
+        "assets": {"confirmed_bonus": account.assets()},
+        "status": 1 if account.enabled else 2,
+    }
+    if user_id_type is not None and account.referrer is not None:
+        shown["referrer"] = account.referrer.to_json(user_id_type)
+    return 200, {"code": 0, "msg": "success", "data": {"account": shown}}
+
+
+def _new_id19() -> str:
+    """A 19-digit id like Feishu's (``6942778198054125570``)."""
+    return str(7 * 10**18 + secrets.randbelow(10**18))
+
+
+def _new_ticket() -> str:
+    return secrets.token_urlsafe(24)
+
+
+class _Counts(dict[str, int]):
+    """Request counters: one not counted yet reads 0 (and is not added by reading)."""
+
+    def __missing__(self, key: str) -> int:
+        return 0
+
+
+def _user_id_type(query: Mapping[str, list[str]]) -> str:
+    value = query.get("user_id_type", ["open_id"])[0] or "open_id"
+    if value not in USER_ID_TYPES:
+        raise ValueError(f"user_id_type {value!r} is not one of {', '.join(USER_ID_TYPES)}")
+    return value
+
+
+def _referrer_request(body: Mapping[str, Any]) -> tuple[tuple[str, ...], Referrer]:
+    """The register body's referrer: the key that makes a second registration "the same", and a new Referrer."""
+    mobile, email = body.get("mobile"), body.get("email")
+    if (mobile is None) == (email is None):
+        raise ValueError("give mobile or email, exactly one of them")
+    suffix: str
+    if email is not None:
+        if not isinstance(email, str) or not _EMAIL.fullmatch(email):
+            raise ValueError(f"email {email!r} is not an email address")
+        key: tuple[str, ...] = ("email", email.lower())
+        suffix = email.split("@")[0]
+        shown = {"email": email}
+    else:
+        code = mobile.get("code") if isinstance(mobile, dict) else None
+        number = mobile.get("number") if isinstance(mobile, dict) else None
+        code_match = _MOBILE_CODE.fullmatch(code) if isinstance(code, str) else None
+        if code_match is None or not isinstance(number, str) or not _MOBILE_NUMBER.fullmatch(number):
+            raise ValueError(f'mobile is {{"code": "86", "number": "<digits>"}}, not {mobile!r}')
+        key = ("mobile", code_match.group(1), number)
+        suffix = number[-4:]
+        shown = {"mobile": f"+{code_match.group(1)}{number}"}
+    ids = {
+        "open_id": f"ou_{secrets.token_hex(16)}",
+        "union_id": f"on_{secrets.token_hex(16)}",
+        "user_id": secrets.token_hex(4),
+        "people_admin_id": _new_id19(),
+    }
+    name = {"zh_cn": f"内推人 {suffix}", "en_us": f"Referrer {suffix}"}
+    return key, Referrer(ids, name, **shown)
+
+
+def _reconciliation_request(body: Mapping[str, Any]) -> tuple[int, int, dict[str, int]]:
+    """``(start, end, points claimed per account)``; raises ValueError naming the bad field."""
+    times = []
+    for name in ("start_trans_time", "end_trans_time"):
+        value = body.get(name)
+        if not isinstance(value, str) or not _TRANS_TIME.fullmatch(value):
+            raise ValueError(f"{name} must be milliseconds since the epoch as a digit string, not {value!r}")
+        times.append(int(value))
+    start, end = times
+    if start > end:
+        raise ValueError(f"start_trans_time {start} is after end_trans_time {end}")
+    details = body.get("trade_details")
+    if details is None:
+        details = []
+    if not isinstance(details, list):
+        raise ValueError("trade_details must be a list")
+    claimed: dict[str, int] = {}
+    for item in details:
+        account_id = item.get("account_id") if isinstance(item, dict) else None
+        info = item.get("total_recharge_reward_info") if isinstance(item, dict) else None
+        points = info.get("point_bonus") if isinstance(info, dict) else None
+        if not isinstance(account_id, str) or not account_id:
+            raise ValueError(f"trade_details item {item!r} has no account_id")
+        if isinstance(points, bool) or not isinstance(points, int) or points < 0:
+            raise ValueError(f"trade_details item {item!r} has no whole total_recharge_reward_info.point_bonus")
+        claimed[account_id] = claimed.get(account_id, 0) + points
+    return start, end, claimed
 
 
 class UnknownAccount(KeyError):
@@ -531,7 +952,21 @@ def _control_faults(sandbox: FeishuSandbox, body: Mapping[str, Any]) -> None:
 
 
 def _control_revoke_tokens(sandbox: FeishuSandbox, body: Mapping[str, Any]) -> None:
-    sandbox.revoke_tokens()
+    """No body, or ``{"app_tokens": true}`` to revoke a store app's app_access_tokens as well."""
+    app_tokens = body.get("app_tokens", False)
+    if set(body) - {"app_tokens"} or not isinstance(app_tokens, bool):
+        raise ValueError(f'the body is empty or {{"app_tokens": true|false}}, not {dict(body)!r}')
+    sandbox.revoke_tokens(app_tokens=app_tokens)
+
+
+def _app_ticket(sandbox: FeishuSandbox) -> dict[str, str]:
+    """What Feishu's ``app_ticket`` event would carry."""
+    return {"app_id": sandbox.app_id, "app_ticket": sandbox.app_ticket}
+
+
+def _control_rotate_app_ticket(sandbox: FeishuSandbox, body: Mapping[str, Any]) -> dict[str, str]:
+    sandbox.rotate_app_ticket()
+    return _app_ticket(sandbox)
 
 
 _CONTROLS: dict[str, Callable[[FeishuSandbox, Mapping[str, Any]], Any]] = {
@@ -540,6 +975,11 @@ _CONTROLS: dict[str, Callable[[FeishuSandbox, Mapping[str, Any]], Any]] = {
     "/_sandbox/credit": _control_credit,
     "/_sandbox/deactivate": lambda sandbox, body: sandbox.deactivate(_control_account_id(body)),
     "/_sandbox/enable": lambda sandbox, body: sandbox.enable(_control_account_id(body)),
+    "/_sandbox/app_ticket/rotate": _control_rotate_app_ticket,
+}
+_READ_CONTROLS: dict[str, Callable[[FeishuSandbox], Any]] = {
+    "/_sandbox/state": FeishuSandbox.state,
+    "/_sandbox/app_ticket": _app_ticket,
 }
 
 
@@ -586,7 +1026,7 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(fault.seconds)
         if fault and fault.kind == "revoke_token":
             self.sandbox.revoke_tokens()
-        if endpoint != "token" and (wait := self.sandbox.throttle(endpoint)) is not None:
+        if endpoint not in _TOKEN_ENDPOINTS and (wait := self.sandbox.throttle(endpoint)) is not None:
             return self._rate_limited(wait)
         try:
             body = json.loads(raw) if raw else {}
@@ -605,30 +1045,49 @@ class _Handler(BaseHTTPRequestHandler):
         return self._reply(answer_status, answer)
 
     def _endpoint(self, method: str, path: str) -> str | None:
-        if method == "POST" and path == _TOKEN:
-            return "token"
+        if (method, path) in _ROUTES:
+            return _ROUTES[method, path]
         if method == "POST" and _WITHDRAW.match(path):
             return "withdraw"
-        if method == "GET" and path == _ASSETS:
-            return "assets"
+        if method == "POST" and _DEACTIVATE.match(path):
+            return "deactivate"
         return None
 
     def _answer(self, endpoint: str, url: Any, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        sandbox = self.sandbox
         if endpoint == "token":
-            return self.sandbox.issue_token(body)
-        denied = self.sandbox.authorize(self.headers.get("Authorization"))
+            return sandbox.issue_token(body) if url.path == _TOKEN else sandbox.issue_isv_tenant_token(body)
+        if endpoint == "app_token":
+            return sandbox.issue_app_token(body)
+        if endpoint == "app_ticket":
+            return sandbox.resend_app_ticket(body)
+        denied = sandbox.authorize(self.headers.get("Authorization"))
         if denied:
             return denied
         if endpoint == "withdraw":
-            return self.sandbox.withdraw(_WITHDRAW.match(url.path).group(1), body)  # type: ignore[union-attr]
-        account_id = parse_qs(url.query).get("referral_account_id", [""])[0]
+            return sandbox.withdraw(_WITHDRAW.match(url.path).group(1), body)  # type: ignore[union-attr]
+        if endpoint == "reconciliation":
+            return sandbox.reconcile(body)
+        query = parse_qs(url.query)
+        try:
+            user_id_type = _user_id_type(query)
+        except ValueError as exc:
+            return _param_error(exc)
+        if endpoint == "register":
+            return sandbox.register_account(body)
+        if endpoint == "deactivate":
+            return sandbox.deactivate_account(_DEACTIVATE.match(url.path).group(1))  # type: ignore[union-attr]
+        if endpoint == "enable":
+            return sandbox.enable_account(body)
+        account_id = query.get("referral_account_id", [""])[0]
         if not account_id:
-            return 400, {"code": 1002002, "msg": "param error: referral_account_id is required"}
-        return self.sandbox.account_assets(account_id)
+            return _param_error("referral_account_id is required")
+        return sandbox.account_assets(account_id, user_id_type)
 
     def _control(self, method: str, path: str, raw: bytes) -> None:
-        if method == "GET" and path == "/_sandbox/state":
-            return self._reply(200, {"code": 0, "msg": "ok", "data": self.sandbox.state()})
+        read = _READ_CONTROLS.get(path) if method == "GET" else None
+        if read is not None:
+            return self._reply(200, {"code": 0, "msg": "ok", "data": read(self.sandbox)})
         action = _CONTROLS.get(path) if method == "POST" else None
         if action is None:
             return self._reply(404, _NOT_FOUND)
