@@ -10,6 +10,7 @@ therefore nothing special: the same order ids meet the same ledger rows.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -224,6 +225,7 @@ def withdraw_batch(
     summary = BatchSummary()
     lease: Intent | None = None
     next_lease_check = 0.0
+    stopped = threading.Event()  # superseded: queued accounts are left to the newer try
 
     def superseded(account_id: str) -> bool:
         nonlocal lease, next_lease_check
@@ -236,13 +238,16 @@ def withdraw_batch(
             return False
         next_lease_check = time.monotonic() + lease_check_seconds
         if holder > lease.try_number:
+            stopped.set()
             summary.superseded_by = holder
             log.warning("Try %d of this task has started: try %d stops sending", holder, lease.try_number)
             return True
         return False
 
-    def settle(account_id: str) -> Outcome:
+    def settle(account_id: str) -> Outcome | None:
         """One account's outcome, whatever goes wrong: one account never stops the others."""
+        if stopped.is_set():
+            return None
         intent = intent_for(account_id)
         try:
             return withdraw_account(client, ledger, intent, check_balance=check_balances)
@@ -251,8 +256,10 @@ def withdraw_batch(
         except Exception as exc:  # the ledger's database, an odd answer: unknown, so a retry resends
             return Outcome(account_id, intent.external_order_id, SENDING, message=f"{type(exc).__name__}: {exc}")
 
-    def settled(future: Future[Outcome]) -> None:
+    def settled(future: Future[Outcome | None]) -> None:
         outcome = future.result()
+        if outcome is None:
+            return
         summary.add(outcome)
         if outcome.withdrawal is not None and outcome.status == PAID:
             log.info("Withdrew %s", outcome.describe())
@@ -261,7 +268,7 @@ def withdraw_batch(
 
     seen: set[str] = set()
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="feishu-withdraw") as pool:
-        in_flight: set[Future[Outcome]] = set()
+        in_flight: set[Future[Outcome | None]] = set()
         for account_id in referral_account_ids:
             if account_id in seen:
                 continue
