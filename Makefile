@@ -2,6 +2,7 @@
 #   make demo   run the payroll example DAG against the bundled Feishu sandbox
 #   make test   lint, type checks and every test, on the current and the lowest supported Airflow
 #   make airflow  a local Airflow UI with the provider, the examples and the sandbox
+#   make airflow-celery  the same on CeleryExecutor with two workers, PostgreSQL and Redis
 PYTHON ?= python3
 AIRFLOW_VERSION ?= 3.3.2
 LOWEST_AIRFLOW_VERSION ?= 3.2.0
@@ -12,7 +13,7 @@ VENV := .venv
 LOWEST_VENV := .venv-lowest
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: demo airflow test lint typecheck pytest pytest-lowest browser-deps postgres-deps clean
+.PHONY: demo airflow airflow-celery test lint typecheck pytest pytest-lowest browser-deps postgres-deps redis-deps clean
 
 # The ledger tests start their own PostgreSQL server (Debian's postgresql: initdb and
 # pg_ctl on a port of their own); `make test` insists that they run.
@@ -34,6 +35,21 @@ demo: $(VENV)/.installed
 # `make airflow`: Airflow UI, scheduler and the sandbox, with feishu_hire_default pointing at it.
 airflow: $(VENV)/.installed
 	$(VENV)/bin/python scripts/local_airflow.py
+
+# `make airflow-celery`: CeleryExecutor with PostgreSQL, Redis, api-server, scheduler,
+# dag-processor, triggerer and two Celery workers as separate processes, the provider
+# installed as a package in .venv-celery (built on first use); prints the URL and the
+# login; Ctrl-C stops all of it.
+airflow-celery: $(VENV)/.installed postgres-deps redis-deps
+	$(VENV)/bin/python scripts/celery_stack.py
+
+# Debian's redis-server, the Celery broker of the distributed tests and `make airflow-celery`,
+# installed when missing and we may use apt; no daemon is left running (each starts its own).
+redis-deps:
+	@if command -v redis-server >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	else echo "redis-server is missing and cannot be installed here: install Debian's redis-server"; exit 1; fi
 
 # The browser test drives Debian's chromium (Playwright never downloads one). Installed
 # here when missing and we may use apt; otherwise the test skips and says why.
@@ -58,15 +74,15 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
-pytest: $(VENV)/.installed browser-deps postgres-deps
+pytest: $(VENV)/.installed browser-deps postgres-deps redis-deps
 	$(VENV)/bin/pytest
 
 # The lowest Airflow we declare gets the same suite: provider metadata that its schema
 # does not know, or an airflow.sdk name it lacks, would break users there first.
 pytest-lowest: $(LOWEST_VENV)/.installed postgres-deps
-	$(LOWEST_VENV)/bin/pytest -m "not browser"
+	$(LOWEST_VENV)/bin/pytest -m "not browser and not distributed"
 
 test: lint typecheck pytest pytest-lowest
 
 clean:
-	rm -rf $(VENV) $(LOWEST_VENV) .demo .airflow test-artifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOWEST_VENV) .venv-celery .demo .airflow test-artifacts .pytest_cache .mypy_cache .ruff_cache
