@@ -84,3 +84,14 @@ def test_reconciliation_names_every_account_where_feishu_and_we_disagree() -> No
         ]
         with pytest.raises(ValueError, match="start_trans_time"):
             client.reconcile_referral_accounts(end, start, agreed)
+
+
+def test_the_hook_offers_the_same_calls_through_the_connection(feishu_connection: FeishuSandbox) -> None:
+    from airflow_provider_feishu_hire.hooks.feishu_hire import FeishuHireHook
+
+    hook = FeishuHireHook()
+    account_id = hook.register_referral_account(email="hooked@example.com")["account_id"]
+    assert hook.deactivate_referral_account(account_id)["status"] == 2
+    assert hook.enable_referral_account(account_id, "open_id")["status"] == 1
+    assert hook.get_account_assets(account_id, "open_id")["account"]["referrer"]["email"] == "hooked@example.com"
+    assert hook.reconcile_referral_accounts(0, 1, {}) == []

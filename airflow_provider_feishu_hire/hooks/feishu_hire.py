@@ -138,8 +138,24 @@ class FeishuHireHook(BaseHook):
         """Withdraw the whole balance of the chosen bonus types; return the API's ``data``."""
         return self.client.withdraw_referral_account(referral_account_id, withdraw_bonus_type, external_order_id)
 
-    def get_account_assets(self, referral_account_id: object) -> dict[str, Any]:
-        return self.client.get_account_assets(referral_account_id)
+    def get_account_assets(self, referral_account_id: object, user_id_type: object = None) -> dict[str, Any]:
+        return self.client.get_account_assets(referral_account_id, user_id_type)
+
+    def register_referral_account(self, **referrer: object) -> dict[str, Any]:
+        """``mobile`` (with ``mobile_code``, default 86) or ``email``, and ``user_id_type``; returns the account."""
+        return self.client.register_referral_account(**referrer)
+
+    def deactivate_referral_account(self, referral_account_id: object) -> dict[str, Any]:
+        return self.client.deactivate_referral_account(referral_account_id)
+
+    def enable_referral_account(self, referral_account_id: object, user_id_type: object = None) -> dict[str, Any]:
+        return self.client.enable_referral_account(referral_account_id, user_id_type)
+
+    def reconcile_referral_accounts(
+        self, start_trans_time: object, end_trans_time: object, point_totals: dict[str, object]
+    ) -> list[dict[str, Any]]:
+        """Feishu's ``check_failed_list`` for the window: every account where its figures and ours disagree."""
+        return self.client.reconcile_referral_accounts(start_trans_time, end_trans_time, point_totals)
 
     def test_connection(self) -> tuple[bool, str]:
         """Fetch a token, then read the balance of an account id that cannot exist.
