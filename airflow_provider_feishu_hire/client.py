@@ -13,7 +13,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -28,6 +28,7 @@ from airflow_provider_feishu_hire.accounts import (
     check_user_id_type,
 )
 from airflow_provider_feishu_hire.exceptions import (
+    APP_TICKET_CODE,
     PERMANENT_CODES,
     RATE_LIMIT_CODE,
     TOKEN_CODES,
@@ -45,6 +46,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://open.feishu.cn"
 TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
+# A store (isv) app's three steps: the app_ticket Feishu pushes, an app_access_token, then a
+# tenant_access_token for the customer tenant's tenant_key.
+APP_TOKEN_PATH = "/open-apis/auth/v3/app_access_token"
+STORE_TENANT_TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token"
+APP_TICKET_RESEND_PATH = "/open-apis/auth/v3/app_ticket/resend"
+APP_TYPES = ("custom", "isv")
 WITHDRAW_PATH = "/open-apis/hire/v1/referral_account/{}/withdraw"
 ACCOUNT_ASSETS_PATH = "/open-apis/hire/v1/referral_account/get_account_assets"
 REGISTER_PATH = "/open-apis/hire/v1/referral_account"
@@ -190,10 +197,71 @@ def _reset_seconds(headers: Mapping[str, str]) -> float | None:
         return None
 
 
+def check_app_type(app_type: object, tenant_key: object) -> tuple[str, str | None]:
+    """``custom`` (self-built, the default) or ``isv`` (store app, which needs the customer's ``tenant_key``)."""
+    kind = str(app_type or "custom").strip().lower()
+    if kind not in APP_TYPES:
+        raise ValueError(f"app_type must be one of {', '.join(APP_TYPES)}, not {app_type!r}")
+    key = str(tenant_key).strip() if tenant_key is not None else ""
+    if kind == "isv" and not key:
+        raise ValueError("tenant_key is empty: a store (isv) app needs the tenant_key of the customer's tenant")
+    return kind, key or None
+
+
+TokenStep = tuple[str, dict[str, Any]]
+
+
+def tenant_token_flow(
+    app_id: str, app_secret: str, app_type: str, tenant_key: str | None, app_ticket: str | None
+) -> Generator[TokenStep, dict[str, Any], tuple[str, float, list[str]]]:
+    """An app's token calls without the I/O, so the client and the async trigger share them.
+
+    Yields ``(path, JSON body)`` for each POST; send Feishu's successful answer back in.
+    Returns the tenant_access_token, its lifetime in seconds, and every token issued on
+    the way (for the secret masker). A custom app needs one call; a store app two, the
+    first with the ``app_ticket`` Feishu pushed to it.
+    """
+    if app_type == "custom":
+        answer = yield TOKEN_PATH, {"app_id": app_id, "app_secret": app_secret}
+        token, expire = _token_field(answer, "tenant_access_token")
+        return token, expire, [token]
+    if not app_ticket:
+        raise FeishuAPIError(
+            "no app_ticket yet: Feishu pushes it to a store (isv) app's event subscription about "
+            "hourly; store it where the connection's app_ticket source points",
+            code=APP_TICKET_CODE,
+        )
+    answer = yield APP_TOKEN_PATH, {"app_id": app_id, "app_secret": app_secret, "app_ticket": app_ticket}
+    app_token, _ = _token_field(answer, "app_access_token")
+    answer = yield STORE_TENANT_TOKEN_PATH, {"app_access_token": app_token, "tenant_key": tenant_key}
+    token, expire = _token_field(answer, "tenant_access_token")
+    return token, expire, [app_token, token]
+
+
+def _token_field(answer: Mapping[str, Any], name: str) -> tuple[str, float]:
+    """A token answer's top-level token and ``expire`` (seconds); Feishu does not nest them in ``data``."""
+    token = answer.get(name)
+    if not isinstance(token, str) or not token:
+        raise FeishuAPIError(f"token answer carries no {name}", retryable=True, context=f"fetching the {name}")
+    try:
+        expire = float(answer.get("expire") or 0)
+    except (TypeError, ValueError):
+        expire = 0.0
+    return token, expire
+
+
+def token_refresh_delay(expire: float) -> float:
+    """Seconds to keep a token: shortly before it expires, so no call starts with a dying token."""
+    return max(0.0, expire - min(TOKEN_REFRESH_MARGIN, expire / 2))
+
+
 class FeishuClient:
     """One app's access to one Feishu tenant. Safe to share between threads.
 
-    ``on_new_token`` sees every tenant_access_token the moment it is fetched: the hook
+    ``app_type`` is ``custom`` (a self-built app) or ``isv`` (a store app, acting in the
+    customer tenant ``tenant_key``); a store app's ``app_ticket`` is asked for on every
+    token fetch, so a ticket Feishu pushed since is picked up without a restart.
+    ``on_new_token`` sees every token (tenant and app) the moment it is fetched: the hook
     registers it with Airflow's secret masker there, before anything could log it.
     """
 
@@ -209,6 +277,9 @@ class FeishuClient:
         assets_limiter: Pace | None = None,
         on_new_token: Callable[[str], None] | None = None,
         pool_size: int = 10,
+        app_type: str = "custom",
+        tenant_key: str | None = None,
+        app_ticket: Callable[[], str | None] | None = None,
     ) -> None:
         if not app_id or not str(app_id).strip():
             raise ValueError("login (App ID) is empty")
@@ -218,6 +289,8 @@ class FeishuClient:
             raise ValueError("timeout must be a positive number of seconds")
         self.app_id = app_id
         self._app_secret = app_secret
+        self.app_type, self.tenant_key = check_app_type(app_type, tenant_key)
+        self._app_ticket = app_ticket
         self.base_url = check_base_url(base_url)
         self.timeout = float(timeout)
         self.retry = retry or RetryPolicy()
@@ -255,21 +328,48 @@ class FeishuClient:
             return self._token
 
     def _fetch_token(self) -> None:
-        body = self._call(
-            "POST",
-            TOKEN_PATH,
-            context=f"fetching a tenant_access_token for app {self.app_id}",
-            json={"app_id": self.app_id, "app_secret": self._app_secret},
-            authorized=False,
-        )
-        token = body.get("tenant_access_token")
-        if not isinstance(token, str) or not token:
-            raise FeishuAPIError("token answer carries no tenant_access_token", context="fetching a token")
+        ticket = self._app_ticket() if self.app_type == "isv" and self._app_ticket else None
+        flow = tenant_token_flow(self.app_id, self._app_secret, self.app_type, self.tenant_key, ticket)
+        context = f"fetching a tenant_access_token for app {self.app_id}"
+        try:
+            path, body = next(flow)
+            while True:
+                answer = self._call("POST", path, context=context, json=body, authorized=False)
+                path, body = flow.send(answer)
+        except StopIteration as done:
+            token, expire, issued = done.value
+        except FeishuAPIError as err:
+            if err.code == APP_TICKET_CODE:
+                raise self._ask_for_app_ticket(err) from None
+            raise
         if self._on_new_token:
-            self._on_new_token(token)
-        expire = float(body.get("expire") or 0)
+            for secret in issued:
+                self._on_new_token(secret)
         self._token = token
-        self._token_refresh_at = time.monotonic() + max(0.0, expire - min(TOKEN_REFRESH_MARGIN, expire / 2))
+        self._token_refresh_at = time.monotonic() + token_refresh_delay(expire)
+
+    def _ask_for_app_ticket(self, err: FeishuAPIError) -> FeishuAPIError:
+        """Feishu refused the store app's ticket (10012): ask it to push a new one, and say so."""
+        try:
+            self._call(
+                "POST",
+                APP_TICKET_RESEND_PATH,
+                context=f"asking Feishu to resend the app_ticket of app {self.app_id}",
+                json={"app_id": self.app_id, "app_secret": self._app_secret},
+                authorized=False,
+            )
+            asked = "asked Feishu to push a new one (app_ticket/resend)"
+        except FeishuAPIError as resend_err:
+            asked = f"asking Feishu to resend it failed too ({resend_err.code}: {resend_err.msg})"
+        return FeishuAPIError(
+            f"{err.msg}: the store app's app_ticket is missing or stale; {asked}. It arrives at the app's "
+            "event subscription as the app_ticket event; store it where the connection's app_ticket source "
+            "points, then retry",
+            code=err.code,
+            http_status=err.http_status,
+            log_id=err.log_id,
+            context=err.context,
+        )
 
     def _drop_token(self, token: str) -> None:
         """Forget a token Feishu rejected, unless another thread already replaced it."""

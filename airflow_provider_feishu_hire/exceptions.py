@@ -24,6 +24,8 @@ TRANSIENT_CODES = frozenset({1002001, 99991400})
 TOKEN_CODES = frozenset({99991663, 99991664, 99991665})
 RATE_LIMIT_CODE = 99991400
 SCOPE_CODE = 99991672
+# A store (isv) app's app_ticket is invalid or stale: Feishu must push a new one first.
+APP_TICKET_CODE = 10012
 
 
 class FeishuAPIError(Exception):
