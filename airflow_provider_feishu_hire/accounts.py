@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 USER_ID_TYPES = ("open_id", "union_id", "user_id", "people_admin_id")
@@ -62,3 +63,31 @@ def check_point_totals(totals: Mapping[str, object]) -> list[dict[str, Any]]:
             }
         )
     return details
+
+
+def check_trans_time_window(start: object, end: object) -> tuple[int, int] | None:
+    """``[start, end)`` in ms from two ends given as ms or ISO 8601 (a template's output); None when both are empty."""
+    if start in (None, "") and end in (None, ""):
+        return None
+    if start in (None, "") or end in (None, ""):
+        raise ValueError("start_trans_time and end_trans_time go together: give both or neither")
+    low, high = _millis(start, "start_trans_time"), _millis(end, "end_trans_time")
+    if low >= high:
+        raise ValueError(f"start_trans_time {start} is not before end_trans_time {end}")
+    return low, high
+
+
+def _millis(value: object, field: str) -> int:
+    """Milliseconds since the epoch from an int, a digit string or an ISO 8601 datetime."""
+    import pendulum  # only when a window is given: this module is imported on every DAG parse
+
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    if _DIGITS.fullmatch(text):
+        return int(text)
+    try:
+        moment: Any = value if isinstance(value, datetime) else pendulum.parse(text)
+        return int(moment.timestamp()) * 1000 + moment.microsecond // 1000
+    except (ValueError, TypeError, AttributeError):
+        raise ValueError(f"{field} {value!r} is neither milliseconds since the epoch nor an ISO 8601 time") from None

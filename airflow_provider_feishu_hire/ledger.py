@@ -45,7 +45,7 @@ UNSENT = "unsent"  # an attempt's outcome only: refused before it reached Feishu
 OPEN_STATUSES = (SENDING, REVIEW)  # money may have moved and payroll cannot show it yet
 
 DEFAULT_LEDGER_CONN_ID = "feishu_hire_ledger"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: reconciliations and registrations
 _MIGRATION_LOCK = 7_463_021_905  # any constant: PostgreSQL's advisory lock for migrate()
 # An attempt started this recently and not finished may still be waiting for Feishu's answer;
 # an older one died with its worker. (A call's retries end within the connection's budget.)
@@ -124,7 +124,60 @@ _DDL = (
     """CREATE TABLE IF NOT EXISTS feishu_hire_pace (
         pace_key TEXT PRIMARY KEY,
         next_slot {seconds} NOT NULL)""",
+    # Each reconciliation with Feishu: the window sent (both ends inclusive), our totals, the verdict.
+    """CREATE TABLE IF NOT EXISTS feishu_hire_reconciliation (
+        id {serial},
+        app_id TEXT NOT NULL,
+        start_trans_time BIGINT NOT NULL,
+        end_trans_time BIGINT NOT NULL,
+        accounts INTEGER NOT NULL,
+        point_bonus BIGINT NOT NULL,
+        mismatches INTEGER NOT NULL,
+        dag_id TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        reconciled_at TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS feishu_hire_reconciliation_mismatch (
+        reconciliation_id BIGINT NOT NULL REFERENCES feishu_hire_reconciliation (id),
+        referral_account_id TEXT NOT NULL,
+        ledger_point_bonus BIGINT NOT NULL,
+        feishu_point_bonus BIGINT NOT NULL,
+        PRIMARY KEY (reconciliation_id, referral_account_id))""",
+    # Registration is not idempotent at Feishu: the account id it answered, kept so a retry
+    # or a re-run returns it instead of registering the referrer again.
+    """CREATE TABLE IF NOT EXISTS feishu_hire_registration (
+        app_id TEXT NOT NULL,
+        referrer TEXT NOT NULL,
+        referral_account_id TEXT NOT NULL,
+        registered_at TEXT NOT NULL,
+        PRIMARY KEY (app_id, referrer))""",
 )
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """An account whose withdrawn points Feishu and the ledger state differently."""
+
+    referral_account_id: str
+    ledger_point_bonus: int
+    feishu_point_bonus: int
+
+    def describe(self) -> str:
+        return (
+            f"account {self.referral_account_id}: ledger {self.ledger_point_bonus} points, "
+            f"Feishu {self.feishu_point_bonus} points"
+        )
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """One comparison with Feishu: the window (ms, both ends inclusive), what we sent, what disagreed."""
+
+    app_id: str
+    start_trans_time: int
+    end_trans_time: int
+    ledger_points: dict[str, int]
+    mismatches: tuple[Mismatch, ...] = ()
 
 
 class LedgerError(ValueError):
@@ -315,7 +368,7 @@ class Ledger:
                 cur.execute(statement.format(**types))
             cur.execute("SELECT max(version) FROM feishu_hire_ledger_schema")
             (version,) = cur.fetchone()
-            if version is None:
+            if version is None or version < SCHEMA_VERSION:  # the DDL above added what was missing
                 cur.execute("INSERT INTO feishu_hire_ledger_schema VALUES (?, ?)", (SCHEMA_VERSION, _now()))
             elif version > SCHEMA_VERSION:
                 raise LedgerError(
@@ -575,6 +628,105 @@ class Ledger:
                 where.append(clause)
                 params.append(value)
         return self._select(" AND ".join(where) or "1 = 1", params)
+
+    def point_totals(self, app_id: str, start_trans_time: int, end_trans_time: int) -> dict[str, int]:
+        """Points paid per account by ``app_id`` with ``trans_time`` in ``[start, end]`` (ms, both inclusive)."""
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                "SELECT referral_account_id, sum(point_bonus) FROM feishu_hire_withdrawal WHERE status = ? AND "
+                "app_id = ? AND trans_time >= ? AND trans_time <= ? GROUP BY referral_account_id ORDER BY 1",
+                (PAID, app_id, start_trans_time, end_trans_time),
+            )
+            return {account: int(points or 0) for account, points in cur.fetchall()}
+
+    def paid_at(self, app_id: str, trans_time: int) -> bool:
+        """Whether any withdrawal of ``app_id`` was paid at exactly this millisecond."""
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                "SELECT count(*) FROM feishu_hire_withdrawal WHERE status = ? AND app_id = ? AND trans_time = ?",
+                (PAID, app_id, trans_time),
+            )
+            return bool(cur.fetchone()[0])
+
+    def trans_time_range(self, dag_id: str, run_id: str) -> tuple[int, int] | None:
+        """The first and last ``trans_time`` paid in a DAG run, or None when it paid nothing."""
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                "SELECT min(trans_time), max(trans_time) FROM feishu_hire_withdrawal "
+                "WHERE status = ? AND dag_id = ? AND run_id = ?",
+                (PAID, dag_id, run_id),
+            )
+            low, high = cur.fetchone()
+        return None if low is None else (int(low), int(high))
+
+    def record_reconciliation(self, record: Reconciliation, *, dag_id: str, run_id: str, task_id: str) -> int:
+        """Keep a reconciliation's window, our totals and every disagreement; returns its id."""
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO feishu_hire_reconciliation (app_id, start_trans_time, end_trans_time, accounts, "
+                "point_bonus, mismatches, dag_id, run_id, task_id, reconciled_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (
+                    record.app_id,
+                    record.start_trans_time,
+                    record.end_trans_time,
+                    len(record.ledger_points),
+                    sum(record.ledger_points.values()),
+                    len(record.mismatches),
+                    dag_id,
+                    run_id,
+                    task_id,
+                    _now(),
+                ),
+            )
+            (record_id,) = cur.fetchone()
+            for mismatch in record.mismatches:
+                cur.execute(
+                    "INSERT INTO feishu_hire_reconciliation_mismatch VALUES (?, ?, ?, ?)",
+                    (record_id, mismatch.referral_account_id, mismatch.ledger_point_bonus, mismatch.feishu_point_bonus),
+                )
+        return int(record_id)
+
+    def reconciliations(self, app_id: str) -> list[Reconciliation]:
+        """Every recorded reconciliation of ``app_id``, oldest first, with its disagreements."""
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                "SELECT id, start_trans_time, end_trans_time FROM feishu_hire_reconciliation "
+                "WHERE app_id = ? ORDER BY id",
+                (app_id,),
+            )
+            found = cur.fetchall()
+            cur.execute(
+                "SELECT m.reconciliation_id, m.referral_account_id, m.ledger_point_bonus, m.feishu_point_bonus "
+                "FROM feishu_hire_reconciliation_mismatch m JOIN feishu_hire_reconciliation r "
+                "ON r.id = m.reconciliation_id WHERE r.app_id = ? ORDER BY 1, 2",
+                (app_id,),
+            )
+            mismatches: dict[int, list[Mismatch]] = {}
+            for record_id, account, ours, theirs in cur.fetchall():
+                mismatches.setdefault(record_id, []).append(Mismatch(account, int(ours), int(theirs)))
+        return [
+            Reconciliation(app_id, int(start), int(end), {}, tuple(mismatches.get(record_id, ())))
+            for record_id, start, end in found
+        ]
+
+    def registered_account(self, app_id: str, referrer: str) -> str | None:
+        """The account id Feishu answered when ``referrer`` was registered through this ledger, if it was."""
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                "SELECT referral_account_id FROM feishu_hire_registration WHERE app_id = ? AND referrer = ?",
+                (app_id, referrer),
+            )
+            found = cur.fetchone()
+        return None if found is None else str(found[0])
+
+    def record_registration(self, app_id: str, referrer: str, referral_account_id: str) -> None:
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO feishu_hire_registration VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (app_id, referrer) DO UPDATE SET referral_account_id = excluded.referral_account_id",
+                (app_id, referrer, referral_account_id, _now()),
+            )
 
     # -- internals ----------------------------------------------------------------------------
 

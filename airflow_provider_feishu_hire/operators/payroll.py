@@ -5,14 +5,13 @@ Cheap to import, like every operator module: hooks and drivers load when the tas
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_provider_feishu_hire.accounts import check_trans_time_window
 from airflow_provider_feishu_hire.ledger import DEFAULT_LEDGER_CONN_ID
 from airflow_provider_feishu_hire.operators.referral_account import FEISHU_BLUE, input_errors_fail_the_task
 from airflow_provider_feishu_hire.withdrawal import check_referral_account_ids, plural
@@ -73,6 +72,7 @@ class ReferralPayrollOperator(BaseOperator):
             completeness,
             payroll_csv_path,
             payroll_rows,
+            trans_time_iso,
             write_payroll_csv,
         )
 
@@ -81,7 +81,7 @@ class ReferralPayrollOperator(BaseOperator):
             expected = (
                 [] if self.referral_account_ids is None else check_referral_account_ids(self.referral_account_ids)
             )
-            window = _window(self.start_trans_time, self.end_trans_time)
+            window = check_trans_time_window(self.start_trans_time, self.end_trans_time)
             hook = FeishuHireLedgerHook(self.ledger_conn_id)
             ledger = hook.ledger
             folder = str(self.output_dir).strip() if self.output_dir else hook.default_payroll_dir
@@ -89,7 +89,7 @@ class ReferralPayrollOperator(BaseOperator):
             if window:
                 rows = ledger.rows(start_trans_time=window[0], end_trans_time=window[1])
                 # An open withdrawal first requested before the window ends may have been paid in it.
-                rows += ledger.rows(statuses=OPEN_STATUSES, requested_before=_iso(window[1]))
+                rows += ledger.rows(statuses=OPEN_STATUSES, requested_before=trans_time_iso(window[1]))
                 name = f"{window[0]}-{window[1]}"
             else:
                 rows = ledger.rows(dag_id=dag_id, run_id=run_id)
@@ -114,36 +114,3 @@ class ReferralPayrollOperator(BaseOperator):
             )
         self.log.info("Payroll: %s, %s, written to %s", plural(accounts, "account"), plural(len(table), "row"), where)
         return {"csv": str(path) if path else None, "rows": len(table), "accounts": accounts}
-
-
-def _iso(millis: int) -> str:
-    """Milliseconds since the epoch as the ledger writes times (ISO 8601, UTC, milliseconds)."""
-    moment = datetime.fromtimestamp(millis // 1000, tz=timezone.utc).replace(microsecond=(millis % 1000) * 1000)
-    return moment.isoformat(timespec="milliseconds")
-
-
-def _window(start: object, end: object) -> tuple[int, int] | None:
-    if start in (None, "") and end in (None, ""):
-        return None
-    if start in (None, "") or end in (None, ""):
-        raise ValueError("start_trans_time and end_trans_time go together: give both or neither")
-    low, high = _millis(start, "start_trans_time"), _millis(end, "end_trans_time")
-    if low >= high:
-        raise ValueError(f"start_trans_time {start} is not before end_trans_time {end}")
-    return low, high
-
-
-def _millis(value: object, field: str) -> int:
-    """Milliseconds since the epoch from an int, a digit string or an ISO 8601 datetime (a template's output)."""
-    import pendulum
-
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    text = str(value).strip()
-    if re.fullmatch(r"[0-9]{1,16}", text):
-        return int(text)
-    try:
-        moment: Any = value if isinstance(value, datetime) else pendulum.parse(text)
-        return int(moment.timestamp()) * 1000 + moment.microsecond // 1000
-    except (ValueError, TypeError, AttributeError):
-        raise ValueError(f"{field} {value!r} is neither milliseconds since the epoch nor an ISO 8601 time") from None

@@ -1,4 +1,4 @@
-"""Operators that withdraw referral-account balances through the payout ledger.
+"""Operators for referral accounts: withdraw balances through the payout ledger; register, deactivate, enable.
 
 Only the standard library and ``airflow.sdk`` are imported here: every DAG file that
 uses these operators pays for this module's imports on every parse. The hooks, and with
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_provider_feishu_hire.accounts import check_referrer, check_user_id_type
 from airflow_provider_feishu_hire.ledger import DEFAULT_LEDGER_CONN_ID
 from airflow_provider_feishu_hire.withdrawal import (
     CASH,
@@ -41,6 +42,19 @@ def input_errors_fail_the_task() -> Iterator[None]:
         yield
     except (ValueError, TypeError) as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
+
+
+@contextmanager
+def permanent_feishu_errors_fail_the_task() -> Iterator[None]:
+    """A refusal Feishu will repeat (unknown account, missing scope) fails at once; transient errors retry."""
+    from airflow_provider_feishu_hire.exceptions import FeishuAPIError
+
+    try:
+        yield
+    except FeishuAPIError as exc:
+        if exc.retryable:
+            raise
+        raise AirflowFailException(str(exc)) from None
 
 
 @contextmanager
@@ -268,3 +282,160 @@ def _intent(context: Context, app_id: str, account_id: str, bonus_types: Sequenc
         map_index=-1 if ti.map_index is None else ti.map_index,
         try_number=ti.try_number,
     )
+
+
+class ReferralAccountRegisterOperator(BaseOperator):
+    """Register a referrer's referral account by mobile number or email; return its ``referral_account_id``.
+
+    Registering is the only way to learn an account id, and Feishu does not make it
+    idempotent. The id Feishu answers is kept in the payout ledger, so a retry, a clear or
+    a re-run returns it without registering again. If an answer is lost before the ledger
+    has it, the retry registers again: Feishu then answers the existing account, or
+    refuses the duplicate; the task then fails naming the referrer, whose account id
+    is in Feishu Hire's referral settings (add it to the ledger by registering once Feishu
+    answers it, or use it directly).
+
+    ``referrer_mobile`` (with ``mobile_code``, default 86) or ``referrer_email``, exactly one:
+    Feishu's ``mobile`` and ``email`` (``email`` on an operator is Airflow's alert address).
+    Map it with ``.partial(...).expand(referrer_email=[...])`` or
+    ``.expand_kwargs([{"referrer_mobile": ...}, ...])``; mapped instances are labelled by
+    the email or mobile number.
+    """
+
+    template_fields: Sequence[str] = ("referrer_mobile", "mobile_code", "referrer_email", "user_id_type")
+    ui_color = FEISHU_BLUE
+    ui_fgcolor = "#ffffff"
+
+    def __init__(
+        self,
+        *,
+        referrer_mobile: object = None,
+        mobile_code: object = "86",
+        referrer_email: object = None,
+        user_id_type: object = None,
+        feishu_hire_conn_id: str = "feishu_hire_default",
+        ledger_conn_id: str = DEFAULT_LEDGER_CONN_ID,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.referrer_mobile = referrer_mobile
+        self.mobile_code = mobile_code
+        self.referrer_email = referrer_email
+        self.user_id_type = user_id_type
+        self.feishu_hire_conn_id = feishu_hire_conn_id
+        self.ledger_conn_id = ledger_conn_id
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:
+        kwargs.setdefault("map_index_template", "{{ task.referrer_email or task.referrer_mobile }}")
+        return super().partial(**kwargs)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_feishu_hire.hooks.feishu_hire import FeishuHireHook
+        from airflow_provider_feishu_hire.hooks.ledger import FeishuHireLedgerHook
+
+        with input_errors_fail_the_task():
+            body = check_referrer(mobile=self.referrer_mobile, mobile_code=self.mobile_code, email=self.referrer_email)
+            user_id_type = check_user_id_type(self.user_id_type)
+            referrer = body.get("email") or "mobile:+{code} {number}".format(**body["mobile"])
+            ledger_hook = FeishuHireLedgerHook(self.ledger_conn_id)
+            ledger = ledger_hook.ledger
+            with _closed_on_error(ledger_hook):
+                client = FeishuHireHook(feishu_hire_conn_id=self.feishu_hire_conn_id, ledger=ledger).client
+        try:
+            known = ledger.registered_account(client.app_id, referrer)
+            if known is not None:
+                self.log.info("Referral account %s of %s: registered before, taken from the ledger", known, referrer)
+                return {"referral_account_id": known, "referrer": referrer, "registered_now": False}
+            try:
+                with permanent_feishu_errors_fail_the_task():
+                    account = client.register_referral_account(
+                        mobile=self.referrer_mobile,
+                        mobile_code=self.mobile_code,
+                        email=self.referrer_email,
+                        user_id_type=user_id_type,
+                    )
+            except AirflowFailException as exc:
+                if context["ti"].try_number > 1:  # an earlier try may have registered and lost the answer
+                    raise AirflowFailException(
+                        f"{exc} — an earlier try of this task may have registered {referrer} and lost Feishu's "
+                        "answer: look the account up in Feishu Hire before registering by hand"
+                    ) from None
+                raise
+            account_id = str(account["account_id"])
+            ledger.record_registration(client.app_id, referrer, account_id)
+        finally:
+            ledger_hook.close()
+            client.close()
+        self.log.info("Registered referral account %s of %s", account_id, referrer)
+        return {"referral_account_id": account_id, "referrer": referrer, "registered_now": True}
+
+
+class _ReferralAccountStatusOperator(BaseOperator):
+    """Change one account's status; mappable over ``referral_account_id``, labelled by it."""
+
+    template_fields: Sequence[str] = ("referral_account_id",)
+    ui_color = FEISHU_BLUE
+    ui_fgcolor = "#ffffff"
+    doing = ""
+
+    def __init__(
+        self, *, referral_account_id: str, feishu_hire_conn_id: str = "feishu_hire_default", **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.referral_account_id = referral_account_id
+        self.feishu_hire_conn_id = feishu_hire_conn_id
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:
+        kwargs.setdefault("map_index_template", "{{ task.referral_account_id }}")
+        return super().partial(**kwargs)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_feishu_hire.hooks.feishu_hire import FeishuHireHook
+
+        with input_errors_fail_the_task():
+            account_id = check_referral_account_id(self.referral_account_id)
+            hook = FeishuHireHook(feishu_hire_conn_id=self.feishu_hire_conn_id)
+            client = hook.client
+        try:
+            with permanent_feishu_errors_fail_the_task():
+                account = self.call(hook, account_id)
+        finally:
+            client.close()
+        status = account.get("status")
+        self.log.info("Referral account %s %s (status %s)", account_id, self.doing, status)
+        return {"referral_account_id": account_id, "status": status}
+
+    def call(self, hook: Any, account_id: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class ReferralAccountDeactivateOperator(_ReferralAccountStatusOperator):
+    """Deactivate a referral account (someone left): its balance can no longer be withdrawn.
+
+    Withdraw first if the balance is to be paid. Deactivating an account that is already
+    deactivated succeeds or is refused, depending on a behaviour Feishu's docs leave open;
+    a refusal fails the task without retries.
+    """
+
+    doing = "deactivated"
+
+    def call(self, hook: Any, account_id: str) -> dict[str, Any]:
+        return dict(hook.deactivate_referral_account(account_id))
+
+
+class ReferralAccountEnableOperator(_ReferralAccountStatusOperator):
+    """Enable a deactivated referral account again, so its balance can be withdrawn."""
+
+    template_fields: Sequence[str] = ("referral_account_id", "user_id_type")
+    doing = "enabled"
+
+    def __init__(self, *, user_id_type: object = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.user_id_type = user_id_type
+
+    def call(self, hook: Any, account_id: str) -> dict[str, Any]:
+        with input_errors_fail_the_task():
+            user_id_type = check_user_id_type(self.user_id_type)
+        return dict(hook.enable_referral_account(account_id, user_id_type))

@@ -1,0 +1,59 @@
+"""Feishu's reconciliation as a second witness to the ledger. No Airflow here.
+
+Feishu's ``/referral_account/reconciliation`` takes our per-account point totals for a
+``trans_time`` window and lists every account where its own withdrawals disagree. Its docs
+do not say whether ``end_trans_time`` is inclusive. The window sent here therefore ends at
+a millisecond at which the ledger paid nothing, so both readings compare the same set of
+our withdrawals; the ledger's totals are summed over exactly that window.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_feishu_hire.exceptions import FeishuAPIError
+from airflow_provider_feishu_hire.ledger import Mismatch, Reconciliation
+
+if TYPE_CHECKING:
+    from airflow_provider_feishu_hire.client import FeishuClient
+    from airflow_provider_feishu_hire.ledger import Ledger
+
+# How far past the requested end the window may move to find a millisecond with no payment:
+# withdrawals are paced at 100 a minute, so a run of busy milliseconds this long cannot happen.
+_MAX_END_SHIFT = 60_000
+
+
+def reconcile(client: FeishuClient, ledger: Ledger, start_trans_time: int, end_trans_time: int) -> Reconciliation:
+    """Compare the ledger's points paid in ``[start, end)`` (ms) with Feishu's; return the disagreements.
+
+    The window sent is ``[start, end']``, where ``end'`` is the first millisecond at or
+    after ``end - 1`` with no payment in the ledger: usually ``end - 1`` itself.
+    """
+    if start_trans_time >= end_trans_time:
+        raise ValueError(f"start_trans_time {start_trans_time} is not before end_trans_time {end_trans_time}")
+    app_id = client.app_id
+    end = end_trans_time - 1
+    while ledger.paid_at(app_id, end):
+        end += 1
+        if end - end_trans_time > _MAX_END_SHIFT:
+            raise ValueError(f"the ledger shows a payment in every millisecond after {end_trans_time}")
+    totals = ledger.point_totals(app_id, start_trans_time, end)
+    failed = client.reconcile_referral_accounts(start_trans_time, end, totals)
+    mismatches = tuple(_mismatch(entry, totals) for entry in failed)
+    return Reconciliation(app_id, start_trans_time, end, totals, mismatches)
+
+
+def _mismatch(entry: Any, totals: dict[str, int]) -> Mismatch:
+    """One ``check_failed_list`` entry; our figure is the ledger's, Feishu's is what it says it paid out."""
+    try:
+        account_id = str(entry["account_id"])
+        theirs = entry["total_withdraw_reward_info"]["point_bonus"]
+        if isinstance(theirs, bool) or int(theirs) != theirs:
+            raise ValueError
+        return Mismatch(account_id, totals.get(account_id, 0), int(theirs))
+    except (KeyError, TypeError, ValueError):
+        raise FeishuAPIError(
+            "reconciliation answer's check_failed_list entry lacks account_id or a whole point total",
+            retryable=False,
+            context="reading Feishu's reconciliation",
+        ) from None
