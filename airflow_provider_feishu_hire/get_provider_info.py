@@ -29,7 +29,26 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "Feishu Hire",
-                "python-modules": ["airflow_provider_feishu_hire.operators.referral_account"],
+                "python-modules": [
+                    "airflow_provider_feishu_hire.operators.referral_account",
+                    "airflow_provider_feishu_hire.operators.payroll",
+                    "airflow_provider_feishu_hire.operators.reconciliation",
+                ],
+            }
+        ],
+        "sensors": [
+            {
+                "integration-name": "Feishu Hire",
+                "python-modules": ["airflow_provider_feishu_hire.sensors.referral_account"],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": "Feishu Hire",
+                "python-modules": [
+                    "airflow_provider_feishu_hire.triggers.referral_account",
+                    "airflow_provider_feishu_hire.triggers.events",
+                ],
             }
         ],
         "connection-types": [
@@ -42,11 +61,30 @@ def get_provider_info() -> dict[str, Any]:
                     "relabeling": {"login": "App ID", "password": "App Secret", "host": "API base URL"},
                     "placeholders": {
                         "login": "cli_a1b2c3d4e5f6g7h8",
-                        "password": "App Secret of the self-built app",
+                        "password": "App Secret from the app's Credentials page",
                         "host": "https://open.feishu.cn (Feishu, default) or https://open.larksuite.com (Lark)",
                     },
                 },
                 "conn-fields": {
+                    "app_type": {
+                        "label": "App type",
+                        "description": "custom: a self-built app of your own tenant (the default). isv: a store "
+                        "app acting in a customer's tenant; it also needs the tenant key and the app_ticket Variable.",
+                        "schema": {"type": ["string", "null"], "default": "custom", "enum": ["custom", "isv"]},
+                    },
+                    "tenant_key": {
+                        "label": "Tenant key (store apps)",
+                        "description": "The customer tenant's tenant_key, as Feishu sends it in the app's events "
+                        "(header.tenant_key) once the customer has installed the app.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "app_ticket_variable": {
+                        "label": "app_ticket Variable (store apps)",
+                        "description": "Name of the Airflow Variable holding the latest app_ticket. Feishu pushes a "
+                        "new ticket to the app's event subscription about hourly (the app_ticket event): store it "
+                        "there. Read at every token fetch. Default feishu_hire_app_ticket.",
+                        "schema": {"type": ["string", "null"], "default": "feishu_hire_app_ticket"},
+                    },
                     "timeout": {
                         "label": "Request timeout (seconds)",
                         "description": "How long one HTTP request may wait for Feishu before it is retried.",

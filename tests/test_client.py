@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
 from airflow_provider_feishu_hire.client import FeishuClient, check_base_url
 from airflow_provider_feishu_hire.exceptions import FeishuAPIError
-from airflow_provider_feishu_hire.sandbox import DEFAULT_APP_ID, DEFAULT_APP_SECRET, FeishuSandbox
+from airflow_provider_feishu_hire.sandbox import DEFAULT_APP_ID, DEFAULT_APP_SECRET, DEFAULT_TENANT_KEY, FeishuSandbox
 from tests.conftest import FAST_RETRY
 
 RICH = "7001000000000000002"  # 1288.88 CNY and 150.25 USD
@@ -218,3 +220,78 @@ def test_a_redirect_is_never_followed_with_the_secret() -> None:
         server.server_close()
     assert seen == ["/open-apis/auth/v3/tenant_access_token/internal"]  # once, and never /elsewhere
     assert caught.value.http_status == 307 and not caught.value.retryable
+
+
+# -- store (isv) apps ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store_sandbox() -> Iterator[FeishuSandbox]:
+    with FeishuSandbox(rate_limits=False, app_type="isv") as running:
+        yield running
+
+
+def _store_client(sandbox: FeishuSandbox, ticket: Callable[[], str | None], **options: Any) -> FeishuClient:
+    return FeishuClient(
+        DEFAULT_APP_ID,
+        DEFAULT_APP_SECRET,
+        sandbox.url,
+        retry=FAST_RETRY,
+        app_type="isv",
+        tenant_key=options.pop("tenant_key", DEFAULT_TENANT_KEY),
+        app_ticket=ticket,
+        **options,
+    )
+
+
+def test_a_store_app_withdraws_with_a_token_bought_with_the_app_ticket(store_sandbox: FeishuSandbox) -> None:
+    seen: list[str] = []
+    with _store_client(store_sandbox, lambda: store_sandbox.app_ticket, on_new_token=seen.append) as client:
+        data = client.withdraw_referral_account(RICH, [1, 2], "4000000000000000001")
+    assert data["withdrawal_details"]["cash_bonus"][0] == {"currency_type": "CNY", "amount": Decimal("1288.88")}
+    assert (store_sandbox.requests["app_token"], store_sandbox.requests["token"]) == (1, 1)
+    # Both tokens reach the masker, the app_access_token too: it is as good as the App Secret for an hour.
+    assert seen == [store_sandbox.issued_app_tokens[0], store_sandbox.issued_tokens[0]]
+
+
+def test_the_app_ticket_is_asked_for_at_every_token_fetch(store_sandbox: FeishuSandbox) -> None:
+    """Feishu pushes a new ticket about hourly: a long-lived client must use the one stored since."""
+    stored = [store_sandbox.app_ticket]
+    with _store_client(store_sandbox, lambda: stored[-1]) as client:
+        client.get_account_assets(RICH)
+        stored.append(store_sandbox.rotate_app_ticket())  # the receiver stores the pushed ticket
+        store_sandbox.revoke_tokens(app_tokens=True)
+        client.get_account_assets(RICH)
+    assert store_sandbox.requests["app_token"] == 2 and store_sandbox.requests["app_ticket"] == 0
+
+
+@pytest.mark.parametrize("ticket", ["stale-ticket-000000000000", None], ids=["stale", "missing"])
+def test_a_refused_app_ticket_asks_feishu_to_push_a_new_one(store_sandbox: FeishuSandbox, ticket: str | None) -> None:
+    before = store_sandbox.app_ticket
+    with _store_client(store_sandbox, lambda: ticket) as client, pytest.raises(FeishuAPIError) as caught:
+        client.withdraw_referral_account(RICH, [1, 2], "4000000000000000002")
+    err = caught.value
+    assert err.code == 10012 and not err.retryable
+    assert "app_ticket/resend" in str(err) and "app_ticket event" in str(err)
+    assert store_sandbox.requests["app_ticket"] == 1 and store_sandbox.app_ticket != before  # Feishu pushes anew
+    assert store_sandbox.state()["ledger"] == []
+    for secret in (DEFAULT_APP_SECRET, before, store_sandbox.app_ticket, ticket or DEFAULT_APP_SECRET):
+        assert secret not in str(err)
+
+
+def test_a_store_app_needs_a_tenant_key_before_anything_is_sent(store_sandbox: FeishuSandbox) -> None:
+    with pytest.raises(ValueError, match="tenant_key"):
+        _store_client(store_sandbox, lambda: store_sandbox.app_ticket, tenant_key=" ")
+    with pytest.raises(ValueError, match="app_type"):
+        FeishuClient(DEFAULT_APP_ID, DEFAULT_APP_SECRET, store_sandbox.url, app_type="store")
+    assert store_sandbox.state()["requests"]["app_token"] == store_sandbox.state()["requests"]["token"] == 0
+
+
+def test_a_tenant_key_the_app_is_not_installed_in_is_permanent(store_sandbox: FeishuSandbox) -> None:
+    with (
+        _store_client(store_sandbox, lambda: store_sandbox.app_ticket, tenant_key="not_a_customer") as client,
+        pytest.raises(FeishuAPIError) as caught,
+    ):
+        client.get_tenant_access_token()
+    assert caught.value.code == 10003 and not caught.value.retryable
+    assert store_sandbox.requests["token"] == 0

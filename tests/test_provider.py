@@ -45,6 +45,9 @@ def test_providers_manager_loads_the_connection_form_without_warnings(
     assert widgets == {
         f"extra__feishu_hire__{name}"
         for name in (
+            "app_type",
+            "tenant_key",
+            "app_ticket_variable",
             "timeout",
             "max_attempts",
             "backoff_base",
@@ -55,6 +58,8 @@ def test_providers_manager_loads_the_connection_form_without_warnings(
             "shared_pace",
         )
     }
+    app_type = manager.connection_form_widgets["extra__feishu_hire__app_type"].field["schema"]
+    assert (app_type["enum"], app_type["default"]) == (["custom", "isv"], "custom")
     messages = [r.getMessage() for r in caplog.records] + [str(w.message) for w in caught]
     assert [m for m in messages if "feishu" in m.lower()] == []
 
