@@ -468,6 +468,20 @@ def _amount(value: object) -> Decimal | None:
     return amount if amount.is_finite() and amount >= 0 else None
 
 
+def latest_updates(updates: Iterable[ReferralAssetsUpdate]) -> list[ReferralAssetsUpdate]:
+    """Each account's latest update by ``modify_time`` (events arrive out of order), in account order.
+
+    Several events of one account that reach one DAG run collapse into one withdrawal: the
+    latest balance is the one that will be withdrawn, and the earlier ones are in it.
+    """
+    latest: dict[str, ReferralAssetsUpdate] = {}
+    for update in updates:
+        known = latest.get(update.referral_account_id)
+        if known is None or (update.modify_time, update.event_id) > (known.modify_time, known.event_id):
+            latest[update.referral_account_id] = update
+    return [latest[account] for account in sorted(latest)]
+
+
 class SeenEvents:
     """The last ``limit`` event ids, oldest first: repeats are acknowledged without a second trigger event."""
 

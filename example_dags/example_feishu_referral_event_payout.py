@@ -1,0 +1,127 @@
+"""Pay referral bonuses as they are confirmed: Feishu's balance events start the withdrawals, nobody triggers a run.
+
+The asset ``feishu_referral_balances`` is watched by a trigger holding Feishu's event long
+connection (no public endpoint needed). Every ``hire.referral_account.assets_update_v1``
+event becomes an asset event, and this DAG runs on them: several events queued before a
+run starts reach it together, one withdrawal per account. An account whose latest event
+shows an empty balance (typically the event that our own withdrawal raised) is skipped.
+
+Why a re-delivered event is harmless: the order id of a withdrawal is derived from the
+account and the ``modify_time`` of the balance it withdraws, not from the DAG run. Feishu
+delivers an event again (a lost acknowledgement, a reconnect), a new run starts, and it
+meets the same order id in the payout ledger: the original withdrawal is carried over,
+nothing is sent. A later credit has a later ``modify_time``, hence a new order id, so it
+is never mistaken for a repeat. ``max_active_runs=1`` keeps two runs from withdrawing
+one account at once; the balance is read before sending, so a balance an earlier run
+already emptied is skipped rather than withdrawn as zero.
+
+The connection ``feishu_hire_default`` is the app's (a self-built app subscribed to the
+event, with the long connection as its subscription mode); the ledger is
+``feishu_hire_ledger`` as for the other payout DAGs. The month-end payroll DAG still
+sweeps whatever an event did not pay (say, a balance credited while the app was
+unsubscribed).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pendulum
+from airflow.sdk import Asset, AssetWatcher, dag, task
+
+from airflow_provider_feishu_hire.operators.payroll import ReferralPayrollOperator
+from airflow_provider_feishu_hire.triggers.events import FeishuReferralAssetsTrigger
+
+REFERRAL_BALANCES = Asset(
+    "feishu_referral_balances",
+    watchers=[
+        AssetWatcher(
+            name="feishu_referral_assets_update",
+            trigger=FeishuReferralAssetsTrigger(feishu_hire_conn_id="feishu_hire_default"),
+        )
+    ],
+)
+
+
+@dag(
+    dag_id="example_feishu_referral_event_payout",
+    schedule=[REFERRAL_BALANCES],
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["feishu", "payroll", "events", "example"],
+    default_args={"retries": 3},
+)
+def example_feishu_referral_event_payout() -> None:
+    @task
+    def withdraw_changed_balances(**context: Any) -> dict[str, Any]:
+        """One withdrawal per account whose latest event shows a balance, keyed by (account, modify_time)."""
+        import logging
+
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from airflow_provider_feishu_hire.events import BadEvent, ReferralAssetsUpdate, latest_updates
+        from airflow_provider_feishu_hire.hooks.feishu_hire import FeishuHireHook
+        from airflow_provider_feishu_hire.hooks.ledger import FeishuHireLedgerHook
+        from airflow_provider_feishu_hire.ledger import DEFAULT_LEDGER_CONN_ID, Intent
+        from airflow_provider_feishu_hire.payout import withdraw_batch
+        from airflow_provider_feishu_hire.withdrawal import CASH, POINTS, derive_external_order_id
+
+        ti, run_id = context["ti"], context["run_id"]
+        updates = []
+        for event in context["triggering_asset_events"].get(REFERRAL_BALANCES, []):
+            try:
+                updates.append(ReferralAssetsUpdate.from_payload((event.extra or {}).get("payload")))
+            except BadEvent as exc:
+                raise AirflowFailException(f"asset event {event.id}: {exc}") from None
+        latest = latest_updates(updates)
+        orders = {
+            # The modify_time stands in for the run: a repeat of this balance maps to this order id.
+            u.referral_account_id: derive_external_order_id(
+                dag_id=ti.dag_id,
+                run_id=f"modify_time-{u.modify_time}",
+                task_id=ti.task_id,
+                referral_account_id=u.referral_account_id,
+            )
+            for u in latest
+            if not u.is_empty
+        }
+        logging.getLogger(__name__).info(
+            "%d balance events, %d accounts, %d with a balance to withdraw", len(updates), len(latest), len(orders)
+        )
+        ledger_hook = FeishuHireLedgerHook(DEFAULT_LEDGER_CONN_ID)
+        try:
+            ledger = ledger_hook.ledger
+            client = FeishuHireHook(ledger=ledger).client
+            try:
+                summary = withdraw_batch(
+                    client,
+                    ledger,
+                    list(orders),
+                    intent_for=lambda account_id: Intent(
+                        external_order_id=orders[account_id],
+                        referral_account_id=account_id,
+                        withdraw_bonus_type=(POINTS, CASH),
+                        app_id=client.app_id,
+                        dag_id=ti.dag_id,
+                        run_id=run_id,
+                        task_id=ti.task_id,
+                        try_number=ti.try_number,
+                    ),
+                    check_balances=True,
+                )
+            finally:
+                client.close()
+        finally:
+            ledger_hook.close()
+        if summary.open:  # Feishu may have committed: a retry resends the same order ids
+            raise RuntimeError(f"{summary.open} withdrawals have no known outcome yet: {summary.problems}")
+        if summary.rejected or summary.review:
+            raise AirflowFailException(f"not paid: {summary.problems}")
+        return summary.as_xcom()
+
+    # all_done: everyone paid reaches payroll even when one account fails.
+    withdraw_changed_balances() >> ReferralPayrollOperator(task_id="export_payroll", trigger_rule="all_done")
+
+
+example_feishu_referral_event_payout()
