@@ -30,12 +30,16 @@ def main(argv: list[str] | None = None) -> None:
         description="A local Feishu Hire for tests and demos: tokens (custom or store app), and referral "
         "accounts (register, deactivate, enable, withdraw, get_account_assets, reconciliation). "
         "Control endpoints (JSON bodies): "
-        'POST /_sandbox/faults {"kind", "endpoint", "times", "seconds", "status", "variant"}; '
+        'POST /_sandbox/faults {"kind", "endpoint", "times", "seconds", "status", "variant", "parts", "after"}; '
         'POST /_sandbox/credit {"account_id", "point_bonus", "cash_bonus": [{"currency_type", "amount"}]}; '
         'POST /_sandbox/deactivate and POST /_sandbox/enable {"account_id"}; '
         'POST /_sandbox/revoke_tokens [{"app_tokens": true}]; '
         "GET /_sandbox/app_ticket (the store app's current app_ticket, as the app_ticket event carries it); "
-        "POST /_sandbox/app_ticket/rotate (a new ticket; the old one stops working); GET /_sandbox/state.",
+        "POST /_sandbox/app_ticket/rotate (a new ticket; the old one stops working); GET /_sandbox/state. "
+        'Events: POST /callback/ws/endpoint {"AppID", "AppSecret"} hands out the long connection\'s '
+        "WebSocket URL, which carries hire.referral_account.assets_update_v1 on every balance change; "
+        'POST /_sandbox/events/emit {"event_type", "event"}; POST /_sandbox/events/drop; '
+        'POST /_sandbox/events/client_config {"PingInterval", ...}.',
     )
     parser.add_argument("--host", default="127.0.0.1", help="a loopback address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port (default 8765)")
@@ -104,6 +108,15 @@ def main(argv: list[str] | None = None) -> None:
         help="deactivating a deactivated account or enabling an enabled one: answer the account "
         "(idempotent, the default), or HTTP 400 code 1002555 / 1002002 (error)",
     )
+    parser.add_argument(
+        "--ws-port", type=int, default=0, help="the long connection's port (default 0: a free one, see the banner)"
+    )
+    parser.add_argument(
+        "--redeliver-after",
+        type=float,
+        default=5.0,
+        help="seconds after which an unacknowledged event is delivered again (default 5)",
+    )
     args = parser.parse_args(argv)
 
     accounts = (
@@ -133,12 +146,17 @@ def main(argv: list[str] | None = None) -> None:
             repeat_status_change=args.repeat_status_change,
             app_type=args.app_type,
             tenant_key=args.tenant_key,
+            ws_port=args.ws_port,
+            redeliver_after=args.redeliver_after,
         )
     except (ValueError, OSError) as exc:
         sys.exit(f"feishu sandbox: {exc}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     app = f"{args.app_type} app {args.app_id}" + (f", tenant_key {args.tenant_key}" if args.app_type == "isv" else "")
-    print(f"Feishu sandbox on {sandbox.url} ({app}, {len(accounts)} accounts)", flush=True)
+    print(
+        f"Feishu sandbox on {sandbox.url} ({app}, {len(accounts)} accounts; long connection on {sandbox.ws_url})",
+        flush=True,
+    )
     try:
         sandbox.serve_forever()
     except (KeyboardInterrupt, SystemExit):

@@ -13,7 +13,11 @@ The API it serves (field names as in Feishu's docs and the official SDK's models
 - referral accounts under ``/open-apis/hire/v1/referral_account``: register (``POST``
   on the collection), ``POST {id}/deactivate``, ``POST enable``, ``POST {id}/withdraw``,
   ``GET get_account_assets`` and ``POST reconciliation``, which answers from the
-  sandbox's own ledger of withdrawals.
+  sandbox's own ledger of withdrawals;
+- events over Feishu's long connection: ``POST /callback/ws/endpoint`` hands out a
+  WebSocket URL (served by :mod:`.long_connection` on its own loopback port), which
+  carries a ``hire.referral_account.assets_update_v1`` event every time a balance
+  changes, until the client acknowledges it.
 
 Where Feishu's documentation is silent (withdrawing an empty balance, replaying an order
 whose account was deactivated since, registering a referrer twice, whether a
@@ -41,6 +45,8 @@ from importlib import resources
 from typing import Any, Literal, get_args
 from urllib.parse import parse_qs, urlsplit
 
+from airflow_provider_feishu_hire.sandbox.long_connection import DEFAULT_CLIENT_CONFIG, LongConnection
+
 DEFAULT_APP_ID = "cli_sandbox_app"
 DEFAULT_APP_SECRET = "sandbox-app-secret-not-for-production"
 DEFAULT_TENANT_KEY = "sandbox_tenant_key"
@@ -55,13 +61,24 @@ FAULT_KINDS = (
     "slow",
     "revoke_token",
     "malformed_answer",
+    "busy",
+    "connection_limit",
+    "drop_connection",
+    "duplicate_event",
+    "split_event",
+    "ignore_ack",
 )
 MALFORMED_VARIANTS = ("null_amount", "text_amount", "fractional_points")
 _DEFAULT_STATUS = {"rate_limit": 429, "html_page": 502, "revoke_token": 400}
+# Refusals of /callback/ws/endpoint, answered HTTP 200 with these codes (as the official SDK reads them).
+_ENDPOINT_REFUSALS = {"busy": (1, "system busy"), "connection_limit": (1000040350, "too many connections")}
+# Faults of the long connection's deliveries (target "events"), not of an HTTP endpoint.
+_EVENT_FAULTS = ("drop_connection", "duplicate_event", "split_event", "ignore_ack")
 # Fault targets. "token" is whichever endpoint hands out tenant_access_tokens (the custom
 # app's /internal one or the store app's), "app_token" the store app's app_access_token,
-# "app_ticket" the store app's ticket resend; "any" is every endpoint.
-ENDPOINTS = (
+# "app_ticket" the store app's ticket resend, "ws_endpoint" the long connection's
+# /callback/ws/endpoint; "events" is the long connection's deliveries; "any" is every HTTP endpoint.
+_COUNTED = (
     "token",
     "withdraw",
     "assets",
@@ -71,10 +88,11 @@ ENDPOINTS = (
     "reconciliation",
     "app_ticket",
     "app_token",
-    "any",
 )
+ENDPOINTS = (*_COUNTED, "ws_endpoint", "events", "any")
 # What state()["requests"] counts: the endpoints' accepted calls, and the calls refused with a 429.
-COUNTERS = (*ENDPOINTS[:-1], "rate_limited")
+# The long connection's own counts are in state()["long_connection"].
+COUNTERS = (*_COUNTED, "rate_limited")
 USER_ID_TYPES = ("open_id", "union_id", "user_id", "people_admin_id")
 EmptyWithdrawal = Literal["zeros", "error"]
 ReplayAfterDeactivate = Literal["original", "error"]
@@ -100,6 +118,9 @@ _TOKEN = "/open-apis/auth/v3/tenant_access_token/internal"
 _ISV_TENANT_TOKEN = "/open-apis/auth/v3/tenant_access_token"
 _ISV_APP_TOKEN = "/open-apis/auth/v3/app_access_token"
 _APP_TICKET_RESEND = "/open-apis/auth/v3/app_ticket/resend"
+_WS_ENDPOINT = "/callback/ws/endpoint"
+ASSETS_UPDATE = "hire.referral_account.assets_update_v1"
+DEFAULT_VERIFICATION_TOKEN = "sandbox-verification-token"
 _ROUTES = {
     ("POST", _TOKEN): "token",
     ("POST", _ISV_TENANT_TOKEN): "token",
@@ -109,8 +130,10 @@ _ROUTES = {
     ("POST", _REGISTER): "register",
     ("POST", _ENABLE): "enable",
     ("POST", _RECONCILIATION): "reconciliation",
+    ("POST", _WS_ENDPOINT): "ws_endpoint",
 }
-_TOKEN_ENDPOINTS = ("token", "app_token", "app_ticket")  # no Authorization header; never rate limited here
+# No Authorization header; never rate limited here.
+_TOKEN_ENDPOINTS = ("token", "app_token", "app_ticket", "ws_endpoint")
 _TRANS_TIME = re.compile(r"[0-9]{1,19}")
 _MOBILE_CODE = re.compile(r"\+?([0-9]{1,4})")
 _MOBILE_NUMBER = re.compile(r"[0-9]{4,20}")
@@ -118,6 +141,10 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _CENT = Decimal("0.01")
 _DECIMAL_MARK = re.compile(r'"\\u0000(-?[0-9.]+)\\u0000"')
 _NOT_FOUND = {"code": 404, "msg": "404 page not found"}
+_SAMPLE_MESSAGE = {
+    "sender": {"sender_id": {"open_id": "ou_sandbox_sender"}, "sender_type": "user"},
+    "message": {"message_id": "om_sandbox_message", "message_type": "text", "content": '{"text":"hello"}'},
+}
 
 
 @dataclass
@@ -189,6 +216,22 @@ class Fault:
     ``external_order_id`` later answers with the true details: the damage is one bad
     answer in transit, which is what a client that retries must survive. An error answer
     (say 1002555) passes through undamaged; the fault is used up all the same.
+
+    ``busy`` and ``connection_limit`` (``ws_endpoint`` only) refuse the long connection's
+    endpoint call with code 1 (system busy) or 1000040350 (too many connections), HTTP 200.
+
+    The long connection's faults (``endpoint="events"`` only; ``"any"`` never reaches them)
+    each take one delivery of an event (first or repeated) and compose:
+    ``drop_connection`` cuts the connection without a close handshake right after the
+    event's frames went out, so its acknowledgement cannot arrive and it is delivered
+    again on the next connection; ``duplicate_event`` sends it twice (two message_ids,
+    one event_id); ``split_event`` splits its payload into ``parts`` frames (``sum`` =
+    parts, ``seq`` 0, 1, ...); ``ignore_ack`` takes an acknowledgement instead: it is
+    counted, but the event is delivered again after ``redeliver_after`` as if unanswered.
+
+    ``after`` lets that many matching calls (requests, deliveries or acknowledgements)
+    pass untouched before the fault starts: ``drop_connection`` with ``after=2`` cuts the
+    connection after the third event delivered from now on.
     """
 
     kind: str
@@ -197,12 +240,26 @@ class Fault:
     seconds: float = 1.0
     status: int | None = None
     variant: str | None = None
+    parts: int | None = None
+    after: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"fault kind {self.kind!r} is not one of {FAULT_KINDS}")
         if self.endpoint not in ENDPOINTS:
             raise ValueError(f"fault endpoint {self.endpoint!r} is not one of {ENDPOINTS}")
+        if (self.kind in _EVENT_FAULTS) != (self.endpoint == "events"):
+            raise ValueError(f"the long connection's faults are {_EVENT_FAULTS}, at endpoint 'events' only")
+        if self.kind in _ENDPOINT_REFUSALS and self.endpoint != "ws_endpoint":
+            raise ValueError(f"{self.kind!r} refuses the ws_endpoint only, not {self.endpoint!r}")
+        if isinstance(self.after, bool) or not isinstance(self.after, int) or self.after < 0:
+            raise ValueError(f"after must be a whole number, at least 0, not {self.after!r}")
+        if self.kind == "split_event":
+            self.parts = 2 if self.parts is None else self.parts
+            if isinstance(self.parts, bool) or not isinstance(self.parts, int) or self.parts < 2:
+                raise ValueError(f"split_event parts must be a whole number, at least 2, not {self.parts!r}")
+        elif self.parts is not None:
+            raise ValueError(f"parts is for split_event only, not for {self.kind!r}")
         # Over HTTP a delay can arrive as a Decimal (control bodies keep numbers exact); sleep wants a float.
         self.seconds = float(self.seconds)
         if self.kind != "malformed_answer":
@@ -277,6 +334,44 @@ class FeishuSandbox:
       codes are the documented ones nearest in meaning, Feishu's own are unknown).
       ``deactivate``/``enable`` in Python and ``/_sandbox/...`` are an admin's hand and
       always idempotent.
+
+    Events over the long connection (a custom app's; a store app's endpoint call is
+    refused with code 403, as Feishu offers the long connection to self-built apps):
+
+    - ``POST /callback/ws/endpoint`` with ``{"AppID", "AppSecret"}`` answers
+      ``{"code": 0, "data": {"URL": "ws://127.0.0.1:<ws_port>/ws?device_id=...&service_id=...",
+      "ClientConfig": {"ReconnectCount", "ReconnectInterval", "ReconnectNonce",
+      "PingInterval"}}}`` (seconds; ``client_config`` sets them, default the SDK's
+      -1/120/30/120); wrong credentials answer code 514. A WebSocket handshake with a
+      device_id/service_id pair the endpoint never handed out is refused with HTTP 403 and
+      headers ``handshake-status: 514``, ``handshake-msg``, ``handshake-autherrcode``, so
+      only this app's connections get its events.
+    - Every balance change raises ``hire.referral_account.assets_update_v1``: a credit
+      (:meth:`credit`, ``/_sandbox/credit``) and a withdrawal that moved money (with the new,
+      possibly zero, balance); the event carries ``account_id``, ``assets.confirmed_bonus``
+      as ``get_account_assets`` shows it (amounts bare JSON numbers, ``100.50``) and
+      ``modify_time`` (ms string); its header has ``event_id``, ``event_type``,
+      ``create_time``, ``app_id``, ``tenant_key`` and ``token`` (``verification_token``).
+      :meth:`emit_event` (``/_sandbox/events/emit``) raises any other event, by default an
+      ``im.message.receive_v1`` a payout client must ignore.
+    - Each event goes to one connected client (round robin), or waits for the next
+      client to connect. Until a data frame comes back with its ``message_id`` and payload
+      ``{"code": 200}``, it is delivered again ``redeliver_after`` seconds after each
+      delivery, and at once on another connection when the one carrying it ends. Every
+      delivery has a new ``message_id``; the ``event_id`` stays.
+    - A ``ping`` control frame gets a ``pong``; the pong carries the ClientConfig as JSON
+      when :meth:`configure_client` (``/_sandbox/events/client_config``) changed it since
+      that client last heard it, and no payload otherwise.
+    - Faults (:meth:`inject`, ``/_sandbox/faults``): ``busy``/``connection_limit`` at
+      ``ws_endpoint``; ``drop_connection``, ``duplicate_event``, ``split_event`` (``parts``)
+      and ``ignore_ack`` at ``events`` (see :class:`Fault`); :meth:`drop_connections`
+      (``/_sandbox/events/drop``) cuts every connection now.
+    - ``state()["events"]`` holds, per event_id, ``event_type``, ``delivered`` (deliveries
+      sent; a duplicated one counts twice), ``acked`` (no longer delivered) and ``acks``
+      (``{"code": 200}`` answers, ignored ones included); ``state()["long_connection"]``
+      counts ``endpoints`` handed out, ``connections`` opened, ``connected`` now,
+      ``pings``, ``bad_frames`` (undecodable frames, which are ignored) and
+      ``unknown_acks``, and shows the current ``client_config``.
     """
 
     def __init__(
@@ -304,6 +399,10 @@ class FeishuSandbox:
         repeat_status_change: RepeatStatusChange = "idempotent",
         app_type: AppType = "custom",
         tenant_key: str = DEFAULT_TENANT_KEY,
+        ws_port: int = 0,
+        redeliver_after: float = 5.0,
+        client_config: Mapping[str, int] | None = None,
+        verification_token: str = DEFAULT_VERIFICATION_TOKEN,
     ) -> None:
         if not _is_loopback(host):
             raise ValueError(f"the sandbox binds to loopback only, not {host!r}")
@@ -368,6 +467,17 @@ class FeishuSandbox:
             self.scheme = "https"
         self._server.sandbox = self  # type: ignore[attr-defined]
         self._thread: threading.Thread | None = None
+        self.verification_token = verification_token
+        self.long_connection = LongConnection(
+            host,
+            ws_port,
+            lock=self.lock,
+            take_fault=self.take_fault,
+            redeliver_after=redeliver_after,
+            client_config=DEFAULT_CLIENT_CONFIG,
+        )
+        if client_config:
+            self.long_connection.configure(client_config)
 
     @property
     def url(self) -> str:
@@ -375,7 +485,13 @@ class FeishuSandbox:
         host = host.decode() if isinstance(host, bytes) else host
         return f"{self.scheme}://[{host}]:{port}" if ":" in host else f"{self.scheme}://{host}:{port}"
 
+    @property
+    def ws_url(self) -> str:
+        """Where the long connection listens (``ws://host:port``); clients learn the full URL from the endpoint."""
+        return self.long_connection.base_url
+
     def start(self) -> FeishuSandbox:
+        self.long_connection.start()
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -386,6 +502,7 @@ class FeishuSandbox:
         return self
 
     def serve_forever(self) -> None:
+        self.long_connection.start()
         self._server.serve_forever()
 
     def stop(self) -> None:
@@ -394,6 +511,7 @@ class FeishuSandbox:
         self.close()
 
     def close(self) -> None:
+        self.long_connection.stop()
         self._server.server_close()
 
     def __enter__(self) -> FeishuSandbox:
@@ -464,7 +582,58 @@ class FeishuSandbox:
             for currency, amount in cash.items():
                 if amount:
                     account.cash_bonus[currency] = account.cash_bonus.get(currency, Decimal("0.00")) + amount
+            if points or any(cash.values()):
+                self._assets_updated(account)
             return _snapshot(account)
+
+    def emit_event(self, event_type: str = "im.message.receive_v1", event: Mapping[str, Any] | None = None) -> str:
+        """Raise any event over the long connection (default: a chat message nobody paying out cares about).
+
+        Returns its event_id. ``event`` is the envelope's ``event`` object; the default is
+        a small text message for ``im.message.receive_v1`` and ``{}`` for other types.
+        """
+        if not isinstance(event_type, str) or not event_type:
+            raise ValueError(f"event_type must be a non-empty string, not {event_type!r}")
+        if event is None:
+            event = _SAMPLE_MESSAGE if event_type == "im.message.receive_v1" else {}
+        if not isinstance(event, Mapping):
+            raise ValueError(f"event must be a JSON object, not {event!r}")
+        with self.lock:
+            return self._raise_event(event_type, event)
+
+    def drop_connections(self) -> int:
+        """Cut every long connection now, without a close handshake; returns how many were open."""
+        return self.long_connection.drop_connections()
+
+    def configure_client(self, **changes: int) -> dict[str, int]:
+        """Change the ClientConfig (``PingInterval=1``, ...); later endpoint answers and pongs carry it."""
+        return self.long_connection.configure(changes)
+
+    def _assets_updated(self, account: Account) -> None:
+        """Raise ``assets_update_v1`` for a balance that just changed (the caller holds the lock)."""
+        event = {
+            "account_id": account.account_id,
+            "assets": {"confirmed_bonus": account.assets()},
+            "modify_time": str(time.time_ns() // 1_000_000),
+        }
+        self._raise_event(ASSETS_UPDATE, event)
+
+    def _raise_event(self, event_type: str, event: Mapping[str, Any]) -> str:
+        event_id = secrets.token_hex(16)
+        envelope = {
+            "schema": "2.0",
+            "header": {
+                "event_id": event_id,
+                "event_type": event_type,
+                "create_time": str(time.time_ns() // 1_000_000),
+                "token": self.verification_token,
+                "app_id": self.app_id,
+                "tenant_key": self.tenant_key,
+            },
+            "event": event,
+        }
+        self.long_connection.publish(event_id, event_type, _json_bytes(envelope))
+        return event_id
 
     def deactivate(self, account_id: str) -> dict[str, Any]:
         """Stop an account, as an HR admin can between a DAG's retries; raises :class:`UnknownAccount`."""
@@ -483,20 +652,27 @@ class FeishuSandbox:
             return _snapshot(account)
 
     def state(self) -> dict[str, Any]:
-        """Balances by account id, the ledger of withdrawals, and every counter of :data:`COUNTERS`."""
+        """Balances by account id, the ledger of withdrawals, every counter of :data:`COUNTERS`, and the events."""
         with self.lock:
             return {
                 "accounts": {a.account_id: _snapshot(a) for a in self.accounts.values()},
                 "ledger": list(self.ledger),
                 "requests": {**dict.fromkeys(COUNTERS, 0), **self.requests},
+                **self.long_connection.state(),
             }
 
     # -- the API ---------------------------------------------------------------------------
 
-    def take_fault(self, endpoint: str) -> Fault | None:
+    def take_fault(self, endpoint: str, kind: str | None = None) -> Fault | None:
+        """The fault for this call to ``endpoint`` (of ``kind``, if given), used up by one; None if none."""
         with self.lock:
             for fault in self.faults:
-                if fault.endpoint in (endpoint, "any"):
+                if fault.endpoint == endpoint or (fault.endpoint == "any" and endpoint != "events"):
+                    if kind is not None and fault.kind != kind:
+                        continue
+                    if fault.after:
+                        fault.after -= 1
+                        continue
                     fault.times -= 1
                     if fault.times <= 0:
                         self.faults.remove(fault)
@@ -565,6 +741,14 @@ class FeishuSandbox:
             self.requests["token"] += 1
             token, expire = self._reuse_or_issue(self._tokens, self.issued_tokens, "t-")
         return 200, {"code": 0, "msg": "ok", "tenant_access_token": token, "expire": expire}
+
+    def issue_ws_endpoint(self, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        """``POST /callback/ws/endpoint``: ``{"AppID", "AppSecret"}`` -> the long connection's URL and ClientConfig."""
+        if body.get("AppID") != self.app_id or body.get("AppSecret") != self.app_secret:
+            return 200, {"code": 514, "msg": "auth failed"}
+        if self.app_type != "custom":
+            return 200, {"code": 403, "msg": "forbidden: the long connection is for self-built apps"}
+        return 200, {"code": 0, "msg": "ok", "data": self.long_connection.endpoint()}
 
     def _check_app(self, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]] | None:
         if not isinstance(body.get("app_id"), str) or body.get("app_id") != self.app_id:
@@ -648,6 +832,8 @@ class FeishuSandbox:
             self.orders[order_id] = data
             self._order_accounts[order_id] = account_id
             self.ledger.append({"referral_account_id": account_id, **data})
+            if points or cash:
+                self._assets_updated(account)
         return 200, {"code": 0, "msg": "SUCCESS", "data": data}
 
     def _replay(self, order_id: str) -> tuple[int, dict[str, Any]]:
@@ -964,6 +1150,14 @@ def _app_ticket(sandbox: FeishuSandbox) -> dict[str, str]:
     return {"app_id": sandbox.app_id, "app_ticket": sandbox.app_ticket}
 
 
+def _control_emit(sandbox: FeishuSandbox, body: Mapping[str, Any]) -> dict[str, str]:
+    """``{"event_type", "event"}``, both optional (default: an ``im.message.receive_v1`` chat message)."""
+    unknown = set(body) - {"event_type", "event"}
+    if unknown:
+        raise ValueError(f"unknown fields {sorted(unknown)}")
+    return {"event_id": sandbox.emit_event(body.get("event_type", "im.message.receive_v1"), body.get("event"))}
+
+
 def _control_rotate_app_ticket(sandbox: FeishuSandbox, body: Mapping[str, Any]) -> dict[str, str]:
     sandbox.rotate_app_ticket()
     return _app_ticket(sandbox)
@@ -976,6 +1170,9 @@ _CONTROLS: dict[str, Callable[[FeishuSandbox, Mapping[str, Any]], Any]] = {
     "/_sandbox/deactivate": lambda sandbox, body: sandbox.deactivate(_control_account_id(body)),
     "/_sandbox/enable": lambda sandbox, body: sandbox.enable(_control_account_id(body)),
     "/_sandbox/app_ticket/rotate": _control_rotate_app_ticket,
+    "/_sandbox/events/emit": _control_emit,
+    "/_sandbox/events/drop": lambda sandbox, body: {"dropped": sandbox.drop_connections()},
+    "/_sandbox/events/client_config": lambda sandbox, body: sandbox.configure_client(**body),
 }
 _READ_CONTROLS: dict[str, Callable[[FeishuSandbox], Any]] = {
     "/_sandbox/state": FeishuSandbox.state,
@@ -1015,6 +1212,9 @@ class _Handler(BaseHTTPRequestHandler):
         fault = self.sandbox.take_fault(endpoint)
         if fault and fault.kind == "http_500":
             return self._reply(500, {"code": 1002001, "msg": "system error"})
+        if fault and fault.kind in _ENDPOINT_REFUSALS:
+            code, msg = _ENDPOINT_REFUSALS[fault.kind]
+            return self._reply(200, {"code": code, "msg": msg})
         status = fault.status or _DEFAULT_STATUS.get(fault.kind, 0) if fault else 0
         if fault and fault.kind == "html_page":
             page = f"<html><head><title>{status}</title></head><body><h1>{status} from the gateway</h1></body></html>"
@@ -1061,6 +1261,8 @@ class _Handler(BaseHTTPRequestHandler):
             return sandbox.issue_app_token(body)
         if endpoint == "app_ticket":
             return sandbox.resend_app_ticket(body)
+        if endpoint == "ws_endpoint":
+            return sandbox.issue_ws_endpoint(body)
         denied = sandbox.authorize(self.headers.get("Authorization"))
         if denied:
             return denied
