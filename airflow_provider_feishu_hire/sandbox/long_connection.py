@@ -310,8 +310,12 @@ class LongConnection:
             return
 
         async def shut() -> None:
-            server.close()
+            server.close()  # closes every connection (1001 going away) and waits for their handlers
             await server.wait_closed()
+            leftovers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in leftovers:  # deliveries still sending: nobody is left to read them
+                task.cancel()
+            await asyncio.gather(*leftovers, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(shut(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
@@ -389,7 +393,8 @@ class LongConnection:
     def _soon(self, callback: Callable[[], None]) -> None:
         loop = self._loop
         if loop is not None and self._thread is not None:
-            loop.call_soon_threadsafe(callback)
+            with contextlib.suppress(RuntimeError):  # stopped meanwhile: the event stays queued, like any other
+                loop.call_soon_threadsafe(callback)
 
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
         """Refuse the handshake the way Feishu's gateway does: an HTTP error with ``handshake-*`` headers."""

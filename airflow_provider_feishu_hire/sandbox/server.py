@@ -336,7 +336,11 @@ class FeishuSandbox:
       always idempotent.
 
     Events over the long connection (a custom app's; a store app's endpoint call is
-    refused with code 403, as Feishu offers the long connection to self-built apps):
+    refused with code 403, as Feishu offers the long connection to self-built apps).
+    ``ws_port`` is its port (0: a free one; :attr:`ws_url` tells), ``redeliver_after`` the
+    seconds before an unacknowledged event goes out again (Feishu's own delay is
+    unconfirmed), ``client_config`` overrides ClientConfig fields, and
+    ``verification_token`` is what every event's ``header.token`` carries.
 
     - ``POST /callback/ws/endpoint`` with ``{"AppID", "AppSecret"}`` answers
       ``{"code": 0, "data": {"URL": "ws://127.0.0.1:<ws_port>/ws?device_id=...&service_id=...",
@@ -418,6 +422,8 @@ class FeishuSandbox:
                 raise ValueError(f"{name} {value!r} is not one of {modes}")
         if not isinstance(tenant_key, str) or not tenant_key:
             raise ValueError(f"tenant_key must be a non-empty string, not {tenant_key!r}")
+        if isinstance(redeliver_after, bool) or not isinstance(redeliver_after, int | float) or redeliver_after <= 0:
+            raise ValueError(f"redeliver_after must be a number of seconds above 0, not {redeliver_after!r}")
         self.empty_withdrawal = empty_withdrawal
         self.replay_after_deactivate = replay_after_deactivate
         self.reregister = reregister
