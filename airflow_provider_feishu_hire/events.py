@@ -28,6 +28,7 @@ lark-oapi (which registers its own ``pbbp2.proto``) cannot clash with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -48,6 +49,10 @@ from airflow_provider_feishu_hire.exceptions import FeishuAPIError
 from airflow_provider_feishu_hire.withdrawal import check_referral_account_id, format_money
 
 log = logging.getLogger(__name__)
+# websockets logs the handshake's request line, URL and ticket included, at DEBUG: its
+# logger here stops at INFO, so a triggerer logging at DEBUG never writes the ticket.
+_websocket_log = logging.getLogger(f"{__name__}.websocket")
+_websocket_log.setLevel(logging.INFO)
 
 ENDPOINT_PATH = "/callback/ws/endpoint"
 ASSETS_UPDATE_EVENT = "hire.referral_account.assets_update_v1"
@@ -364,6 +369,16 @@ class ReferralAssetsUpdate:
         """Nothing left to withdraw, e.g. the event that follows our own withdrawal."""
         return self.point_bonus == 0 and not any(self.cash_bonus.values())
 
+    @property
+    def balance_key(self) -> str:
+        """The balance at ``modify_time``: the same for a repeat of this event, different for any later change.
+
+        The balance is in it as well as the time, so two changes within one millisecond
+        still differ.
+        """
+        cash = ",".join(f"{currency}={format_money(amount)}" for currency, amount in sorted(self.cash_bonus.items()))
+        return f"{self.modify_time}:{self.point_bonus}:{cash}"
+
     def as_payload(self) -> dict[str, Any]:
         """JSON-safe (a trigger event's payload): cash as decimal strings, ``modify_time`` as Feishu writes it."""
         return {
@@ -566,7 +581,7 @@ class LongConnection:
         self.config = endpoint.config
         # Feishu's own ping/pong keeps the connection alive; the WebSocket-level one stays on
         # too (as in the SDK), so a half-open connection is noticed within a minute.
-        async with connect(endpoint.url, max_size=None, open_timeout=30, proxy=None) as ws:
+        async with connect(endpoint.url, max_size=None, open_timeout=30, proxy=None, logger=_websocket_log) as ws:
             self.connections += 1
             log.info("Connected to Feishu's event long connection at %s", endpoint.where)
             pinger = asyncio.create_task(self._ping(ws, endpoint.service_id))
@@ -590,6 +605,8 @@ class LongConnection:
                     await ws.send(encode_frame(ack_frame(frame, handled)))
             finally:
                 pinger.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pinger
 
     def _control(self, frame: Frame) -> None:
         if frame.header("type") != TYPE_PONG or not frame.payload:
@@ -619,9 +636,10 @@ class LongConnection:
 
     async def _ping(self, ws: Any, service_id: int) -> None:
         """A ``ping`` every PingInterval (re-read each time: a ``pong`` may change it)."""
-        while True:
-            await ws.send(encode_frame(ping_frame(service_id)))
-            await asyncio.sleep(self.config.ping_interval)
+        with contextlib.suppress(ConnectionClosed):  # the receiving side notices and dials again
+            while True:
+                await ws.send(encode_frame(ping_frame(service_id)))
+                await asyncio.sleep(self.config.ping_interval)
 
 
 def _reason(exc: BaseException) -> str:

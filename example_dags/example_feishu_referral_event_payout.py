@@ -7,11 +7,11 @@ run starts reach it together, one withdrawal per account. An account whose lates
 shows an empty balance (typically the event that our own withdrawal raised) is skipped.
 
 Why a re-delivered event is harmless: the order id of a withdrawal is derived from the
-account and the ``modify_time`` of the balance it withdraws, not from the DAG run. Feishu
+account and the balance it withdraws with its ``modify_time``, not from the DAG run. Feishu
 delivers an event again (a lost acknowledgement, a reconnect), a new run starts, and it
 meets the same order id in the payout ledger: the original withdrawal is carried over,
-nothing is sent. A later credit has a later ``modify_time``, hence a new order id, so it
-is never mistaken for a repeat. ``max_active_runs=1`` keeps two runs from withdrawing
+nothing is sent. A later credit has a later ``modify_time`` and another balance, hence a
+new order id, so it is never mistaken for a repeat. ``max_active_runs=1`` keeps two runs from withdrawing
 one account at once; the balance is read before sending, so a balance an earlier run
 already emptied is skipped rather than withdrawn as zero.
 
@@ -55,7 +55,7 @@ REFERRAL_BALANCES = Asset(
 def example_feishu_referral_event_payout() -> None:
     @task
     def withdraw_changed_balances(**context: Any) -> dict[str, Any]:
-        """One withdrawal per account whose latest event shows a balance, keyed by (account, modify_time)."""
+        """One withdrawal per account whose latest event shows a balance, keyed by (account, balance, modify_time)."""
         import logging
 
         from airflow.sdk.exceptions import AirflowFailException
@@ -76,10 +76,10 @@ def example_feishu_referral_event_payout() -> None:
                 raise AirflowFailException(f"asset event {event.id}: {exc}") from None
         latest = latest_updates(updates)
         orders = {
-            # The modify_time stands in for the run: a repeat of this balance maps to this order id.
+            # The balance and its modify_time stand in for the run: a repeat of the event maps to this order id.
             u.referral_account_id: derive_external_order_id(
                 dag_id=ti.dag_id,
-                run_id=f"modify_time-{u.modify_time}",
+                run_id=f"assets_update-{u.balance_key}",
                 task_id=ti.task_id,
                 referral_account_id=u.referral_account_id,
             )
