@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 import pytest
 
 from airflow_provider_feishu_hire.events import (
-    ACK_PAYLOAD,
     ASSETS_UPDATE_EVENT,
     BadEvent,
     ClientConfig,
@@ -98,8 +97,15 @@ def connected(sandbox: FeishuSandbox) -> int:
 @pytest.mark.parametrize(
     "frame",
     [
-        Frame(seq_id=2**64 - 1, log_id=7, service=-5, method=1, headers=[("type", "event"), ("sum", "2"), ("seq", "1")],
-              payload=b'{"code":200}', log_id_new="trace"),  # fmt: skip
+        Frame(
+            seq_id=2**64 - 1,
+            log_id=7,
+            service=-5,
+            method=1,
+            headers=[("type", "event"), ("sum", "2"), ("seq", "1")],
+            payload=b'{"code":200}',
+            log_id_new="trace",
+        ),
         Frame(service=123456, headers=[("type", "ping")]),
         Frame(method=1, headers=[("k", "值"), ("k", "second")], payload=bytes(range(256)), payload_type="json"),
     ],
@@ -118,7 +124,7 @@ def test_our_frames_and_the_sandboxs_decode_each_other(frame: Frame) -> None:
 
 
 def test_garbage_is_not_a_frame() -> None:
-    with pytest.raises(ValueError, match="not a pbbp2.Frame"):
+    with pytest.raises(ValueError, match=r"not a pbbp2\.Frame"):
         decode_frame(b"\xff\xff\xff")
 
 
@@ -155,8 +161,10 @@ def test_an_assets_update_is_read_exactly_and_survives_the_trigger_payload() -> 
         ({"account_id": "a/b", "assets": {}, "modify_time": "1"}, "account_id"),
         ({"account_id": "1", "assets": {}}, "modify_time"),
         ({"account_id": "1", "assets": {"confirmed_bonus": {"point_bonus": 1.5}}, "modify_time": "1"}, "point_bonus"),
-        ({"account_id": "1", "modify_time": "1", "assets": {"confirmed_bonus": {"cash_bonus": [{"amount": 1}]}}},
-         "cash_bonus"),  # fmt: skip
+        (
+            {"account_id": "1", "modify_time": "1", "assets": {"confirmed_bonus": {"cash_bonus": [{"amount": 1}]}}},
+            "cash_bonus",
+        ),
         ({"account_id": "1", "modify_time": "1"}, "assets"),
     ],
 )
