@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -118,8 +118,26 @@ class RetryPolicy:
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
-def parse_envelope(response: requests.Response) -> dict[str, Any]:
+class HTTPResponse(Protocol):
+    """What :func:`parse_envelope` reads of an answer: ``requests`` and ``httpx`` responses both have it."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...  # case-insensitive in both libraries
+
+    @property
+    def content(self) -> bytes: ...
+
+    def json(self, **kwargs: Any) -> Any: ...
+
+
+def parse_envelope(response: HTTPResponse) -> dict[str, Any]:
     """Return Feishu's JSON body when ``code`` is 0; raise :class:`FeishuAPIError` for anything else.
+
+    Shared by the sync client (requests) and the async trigger (httpx), so both judge
+    Feishu's answers by the same rules.
 
     The body is read on every HTTP status, since Feishu has answered token errors with
     both 200 and 400. Numbers with a fraction parse as Decimal: cash is money.

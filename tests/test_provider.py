@@ -77,7 +77,7 @@ def test_airflow_cli_lists_the_provider() -> None:
 
 
 def test_importing_the_operator_does_not_load_the_http_stack() -> None:
-    """DAG files import the operator on every parse; the hook and requests wait for execute()."""
+    """DAG files import the operators and the sensor on every parse; the hook, the trigger and requests wait."""
     probe = (
         "import sys, airflow_provider_feishu_hire.operators.referral_account\n"
         "print(sorted(m for m in sys.modules if m.startswith('airflow_provider_feishu_hire')))"
@@ -94,4 +94,12 @@ def test_importing_the_operator_does_not_load_the_http_stack() -> None:
     modules = set(ast.literal_eval(done.stdout.strip().splitlines()[-1]))
     assert "airflow_provider_feishu_hire.operators.payroll" in modules
     heavy = {"client", "hooks.feishu_hire", "hooks.ledger", "payroll", "payout"}
+    assert not modules & {f"airflow_provider_feishu_hire.{name}" for name in heavy}
+
+    probe = probe.replace("operators.payroll", "sensors.referral_account")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    modules = set(ast.literal_eval(done.stdout.strip().splitlines()[-1]))
+    assert "airflow_provider_feishu_hire.sensors.referral_account" in modules
+    heavy = {"client", "hooks.feishu_hire", "triggers.referral_account"}
     assert not modules & {f"airflow_provider_feishu_hire.{name}" for name in heavy}
