@@ -13,7 +13,9 @@ meets the same order id in the payout ledger: the original withdrawal is carried
 nothing is sent. A later credit has a later ``modify_time`` and another balance, hence a
 new order id, so it is never mistaken for a repeat. ``max_active_runs=1`` keeps two runs from withdrawing
 one account at once; the balance is read before sending, so a balance an earlier run
-already emptied is skipped rather than withdrawn as zero.
+already emptied is skipped rather than withdrawn as zero. Each run also takes the events
+newer than its own (Airflow leaves out those that arrive while it creates the run, until
+some later event comes), so no credit waits for the next one.
 
 The connection ``feishu_hire_default`` is the app's (a self-built app subscribed to the
 event, with the long connection as its subscription mode); the ledger is
@@ -53,7 +55,7 @@ REFERRAL_BALANCES = Asset(
     default_args={"retries": 3},
 )
 def example_feishu_referral_event_payout() -> None:
-    @task
+    @task(inlets=[REFERRAL_BALANCES])
     def withdraw_changed_balances(**context: Any) -> dict[str, Any]:
         """One withdrawal per account whose latest event shows a balance, keyed by (account, balance, modify_time)."""
         import logging
@@ -68,12 +70,21 @@ def example_feishu_referral_event_payout() -> None:
         from airflow_provider_feishu_hire.withdrawal import CASH, POINTS, derive_external_order_id
 
         ti, run_id = context["ti"], context["run_id"]
+        events = list(context["triggering_asset_events"].get(REFERRAL_BALANCES, []))
+        if events:
+            # Airflow gives a run the events up to the moment its queue entry was made; events
+            # that came while the run was being created lose their entry with it and would wait
+            # for the next event. They are newer than this run's: take them here (a repeat is a replay).
+            newest = max(event.timestamp for event in events)
+            events += context["inlet_events"][REFERRAL_BALANCES].after(newest.isoformat())
         updates = []
-        for event in context["triggering_asset_events"].get(REFERRAL_BALANCES, []):
+        for event in events:
+            if not (event.extra or {}).get("from_trigger"):
+                continue  # marked by hand or by another DAG: no balance in it
             try:
                 updates.append(ReferralAssetsUpdate.from_payload((event.extra or {}).get("payload")))
             except BadEvent as exc:
-                raise AirflowFailException(f"asset event {event.id}: {exc}") from None
+                raise AirflowFailException(f"asset event of {event.timestamp}: {exc}") from None
         latest = latest_updates(updates)
         orders = {
             # The balance and its modify_time stand in for the run: a repeat of the event maps to this order id.

@@ -1,0 +1,138 @@
+"""Event-driven payouts in a real Airflow: credits in Feishu are paid exactly once, and nobody triggers a DAG.
+
+``airflow standalone`` runs the scheduler, dag-processor, triggerer and api-server as
+processes (LocalExecutor, SQLite) on the example DAGs; the triggerer holds the long
+connection to the sandbox. The sandbox drops the connection, duplicates deliveries and
+loses acknowledgements on the way; the end state is checked against the sandbox's own
+ledger, our payout ledger and the payroll table. One test: it costs a minute or two.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from airflow_provider_feishu_hire.events import ASSETS_UPDATE_EVENT
+from airflow_provider_feishu_hire.ledger import Ledger
+from airflow_provider_feishu_hire.sandbox import DEFAULT_APP_SECRET, Account, FeishuSandbox
+from tests.conftest import ROOT, assert_paid_exactly_once, connection_json, sandbox_payroll
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from local_airflow import LocalAirflow, free_port
+
+DAG_ID = "example_feishu_referral_event_payout"
+A, B, C, D = (f"740000000000000000{n}" for n in range(1, 5))
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T], what: str, timeout: float = 240.0) -> T:
+    """Poll until ``check`` is truthy; a hang fails after ``timeout`` (generous: the machine is shared)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: still {value!r} after {timeout:.0f}s")
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def sandbox() -> Iterator[FeishuSandbox]:
+    accounts = [Account(account) for account in (A, B, C, D)]  # empty: only credits fill them
+    quick = {"ReconnectInterval": 1, "ReconnectNonce": 1, "PingInterval": 5}
+    with FeishuSandbox(accounts, rate_limits=False, redeliver_after=3.0, client_config=quick) as running:
+        yield running
+
+
+@pytest.fixture
+def airflow(tmp_path: Path, sandbox: FeishuSandbox) -> Iterator[LocalAirflow]:
+    local = LocalAirflow(tmp_path / "home", port=free_port(), sandbox_port=free_port(), free_log_ports=True)
+    # Environment connections win over the one LocalAirflow stores for its own sandbox.
+    local.env.update(
+        AIRFLOW_CONN_FEISHU_HIRE_DEFAULT=connection_json(sandbox.url),
+        AIRFLOW_CONN_FEISHU_HIRE_LEDGER=json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "ledger.db")}),
+        AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY="1",
+    )
+    try:
+        local.start(log=tmp_path / "standalone.log")
+        yield local
+    finally:
+        local.stop()
+
+
+def airflow_db(local: LocalAirflow, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(local.home / "airflow.db") as db:
+        return db.execute(sql, params).fetchall()
+
+
+def balances_empty(sandbox: FeishuSandbox) -> bool:
+    accounts = sandbox.state()["accounts"]
+    return all(
+        accounts[a]["point_bonus"] == 0 and not any(Decimal(str(c["amount"])) for c in accounts[a]["cash_bonus"])
+        for a in (A, B, C, D)
+    )
+
+
+def settled(sandbox: FeishuSandbox, local: LocalAirflow) -> bool:
+    """Every event acknowledged, every balance withdrawn, and no DAG run left to finish."""
+    state = sandbox.state()
+    unfinished = airflow_db(local, "SELECT count(*) FROM dag_run WHERE dag_id = ? AND state != 'success'", DAG_ID)
+    return (
+        all(event["acked"] for event in state["events"].values()) and balances_empty(sandbox) and unfinished[0][0] == 0
+    )
+
+
+def test_credits_are_paid_exactly_once_by_events_alone_through_drops_and_repeats(
+    sandbox: FeishuSandbox, airflow: LocalAirflow, tmp_path: Path
+) -> None:
+    wait_for(lambda: sandbox.state()["long_connection"]["connected"], "the triggerer holding the long connection")
+
+    sandbox.credit(A, 100, {"CNY": "10.50"})
+    sandbox.credit(B, 5)
+    wait_for(lambda: {e["referral_account_id"] for e in sandbox.state()["ledger"]} >= {A, B}, "A and B paid")
+
+    sandbox.inject("duplicate_event", endpoint="events", times=2)
+    sandbox.inject("ignore_ack", endpoint="events")
+    sandbox.credit(C, 7, {"CNY": "0.01", "HKD": "3.30"})
+    sandbox.credit(A, 1)  # a later genuine credit of an account already paid
+    wait_for(lambda: len(sandbox.state()["ledger"]) >= 4, "C and A's second credit paid")
+    sandbox.drop_connections()
+    sandbox.credit(D, 9)  # waits in Feishu until the trigger has dialled again
+    sandbox.inject("drop_connection", endpoint="events")  # and the next delivery is cut before its ack
+    sandbox.credit(B, 2, {"CNY": "1.00"})
+    wait_for(lambda: settled(sandbox, airflow), "every credit paid and every run finished")
+
+    # Exactly once: what Feishu paid is what the ledger and the payroll say, order by order.
+    paid = Counter(e["referral_account_id"] for e in sandbox.state()["ledger"])
+    assert paid == {A: 2, B: 2, C: 1, D: 1}
+    with Ledger(lambda: sqlite3.connect(tmp_path / "ledger.db", isolation_level=None), "sqlite") as ledger:
+        assert_paid_exactly_once(ledger, sandbox)
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        table = db.execute(
+            "SELECT referral_account_id, external_order_id, bonus_type, currency, amount FROM feishu_hire_payroll"
+        ).fetchall()
+    assert Counter(tuple(map(str, row)) for row in table) == sandbox_payroll(sandbox)
+
+    # Nobody triggered anything; every repeat was caught before it became an asset event.
+    runs = airflow_db(airflow, "SELECT run_type, state FROM dag_run WHERE dag_id = ?", DAG_ID)
+    assert runs and set(runs) == {("asset_triggered", "success")}
+    balance_events = [e for e in sandbox.state()["events"].values() if e["event_type"] == ASSETS_UPDATE_EVENT]
+    assert sum(e["delivered"] for e in balance_events) > len(balance_events)  # repeats did happen
+    (asset_events,) = airflow_db(airflow, "SELECT count(*) FROM asset_event")[0]
+    assert asset_events == len(balance_events)
+    assert sandbox.state()["long_connection"]["connections"] >= 3
+
+    logs = [p.read_text(errors="replace") for p in (airflow.home / "logs").rglob("*") if p.is_file()]
+    logs.append((tmp_path / "standalone.log").read_text(errors="replace"))
+    for secret in [DEFAULT_APP_SECRET, *sandbox.issued_tokens]:
+        assert not any(secret in text for text in logs)
