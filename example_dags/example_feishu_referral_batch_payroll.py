@@ -1,4 +1,4 @@
-"""Pay thousands of referrers in one task at Feishu's rate limit, then export the run's payroll from the ledger.
+"""Pay thousands of referrers in one task at Feishu's rate limit, export the run's payroll, reconcile with Feishu.
 
 Trigger with ``{"referral_account_ids": [...]}``. The batch paces withdrawals at 100 a
 minute (Feishu's limit) and skips accounts whose balance is zero. Every outcome goes to
@@ -12,6 +12,7 @@ import pendulum
 from airflow.sdk import Param, dag
 
 from airflow_provider_feishu_hire.operators.payroll import ReferralPayrollOperator
+from airflow_provider_feishu_hire.operators.reconciliation import ReferralReconcileOperator
 from airflow_provider_feishu_hire.operators.referral_account import ReferralBatchWithdrawOperator
 
 ACCOUNT_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
@@ -35,16 +36,22 @@ OUTPUT_DIR_HELP = (
     default_args={"retries": 3},
 )
 def example_feishu_referral_batch_payroll() -> None:
-    ReferralBatchWithdrawOperator(
+    withdrawals = ReferralBatchWithdrawOperator(
         task_id="withdraw_referral_accounts",
         referral_account_ids="{{ params.referral_account_ids }}",
         check_balances=True,
-    ) >> ReferralPayrollOperator(
-        task_id="export_payroll",
-        referral_account_ids="{{ params.referral_account_ids }}",
-        output_dir="{{ params.output_dir }}",
-        trigger_rule="all_done",
     )
+    # Both read the ledger and run whatever the batch's outcome; as leaves, either one's
+    # failure fails the run.
+    withdrawals >> [
+        ReferralPayrollOperator(
+            task_id="export_payroll",
+            referral_account_ids="{{ params.referral_account_ids }}",
+            output_dir="{{ params.output_dir }}",
+            trigger_rule="all_done",
+        ),
+        ReferralReconcileOperator(task_id="reconcile_with_feishu", trigger_rule="all_done"),
+    ]
 
 
 example_feishu_referral_batch_payroll()

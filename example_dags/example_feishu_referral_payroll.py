@@ -1,4 +1,4 @@
-"""Pay out Feishu Hire referral bonuses: withdraw each account, then export the run's payroll from the ledger.
+"""Pay out Feishu Hire referral bonuses: withdraw each account, export the run's payroll, reconcile with Feishu.
 
 Trigger with a conf such as ``{"referral_account_ids": ["7001000000000000001"]}``. Each
 account is its own mapped task instance, labelled by account id in the UI. Every
@@ -16,6 +16,7 @@ import pendulum
 from airflow.sdk import Param, dag, task
 
 from airflow_provider_feishu_hire.operators.payroll import ReferralPayrollOperator
+from airflow_provider_feishu_hire.operators.reconciliation import ReferralReconcileOperator
 from airflow_provider_feishu_hire.operators.referral_account import ReferralWithdrawOperator
 
 # The accounts of the bundled sandbox (python -m airflow_provider_feishu_hire.sandbox).
@@ -59,12 +60,17 @@ def example_feishu_referral_payroll() -> None:
     )
     # all_done: everyone paid reaches payroll even when one account fails; the export then
     # fails naming who was not paid, so the run is never green with someone missing.
-    withdrawals >> ReferralPayrollOperator(
-        task_id="export_payroll",
-        referral_account_ids="{{ params.referral_account_ids }}",
-        output_dir="{{ params.output_dir }}",
-        trigger_rule="all_done",
-    )
+    # Reconciliation reads the ledger too, so it runs beside the export: both are leaves,
+    # and the run fails if either does.
+    withdrawals >> [
+        ReferralPayrollOperator(
+            task_id="export_payroll",
+            referral_account_ids="{{ params.referral_account_ids }}",
+            output_dir="{{ params.output_dir }}",
+            trigger_rule="all_done",
+        ),
+        ReferralReconcileOperator(task_id="reconcile_with_feishu", trigger_rule="all_done"),
+    ]
 
 
 example_feishu_referral_payroll()

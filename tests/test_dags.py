@@ -133,6 +133,9 @@ def test_example_payroll_dag_with_the_embedded_ledger_pays_once_and_exports_from
         assert done.returncode == 0, failed(runner, done)
         with sqlite_ledger(embedded) as ledger:
             assert_paid_exactly_once(ledger, sandbox)
+            (reconciled,) = ledger.reconciliations(sandbox.app_id)  # the run's window, agreed with Feishu
+        assert reconciled.mismatches == ()
+        assert sandbox.requests["reconciliation"] == 1
         run_id = last_run_id(runner, PAYROLL_DAG)
         (csv_path,) = (runner.home / "feishu_hire_payroll" / PAYROLL_DAG).glob("payroll_*.csv")
         assert csv_lines(csv_path) == sandbox_payroll(sandbox)
@@ -321,10 +324,12 @@ def test_batch_example_pays_everyone_once_skips_empty_accounts_and_exports(
     with FeishuSandbox(demo_accounts(), rate_limits=False) as sandbox:
         done = run(runner, sandbox, BATCH_DAG, conf, **ledger_env(ledger_file))
         assert done.returncode == 0, failed(runner, done)
-        assert sandbox.requests["token"] == 1  # one token for the whole batch
+        assert sandbox.requests["token"] == 2  # one for the whole batch, one for the reconciliation
+        assert sandbox.requests["reconciliation"] == 1
         assert "7001000000000000005" not in {e["referral_account_id"] for e in sandbox.state()["ledger"]}  # empty
         with sqlite_ledger(ledger_file) as ledger:
             assert_paid_exactly_once(ledger, sandbox)
+            assert [r.mismatches for r in ledger.reconciliations(sandbox.app_id)] == [()]
         (csv_path,) = (tmp_path / BATCH_DAG).glob("payroll_*.csv")
         assert csv_lines(csv_path) == sandbox_payroll(sandbox)
         assert_no_secret(sandbox, logs_of(runner, done))
