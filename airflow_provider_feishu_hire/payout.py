@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from airflow_provider_feishu_hire.balance import parse_account_assets
 from airflow_provider_feishu_hire.client import FeishuClient
 from airflow_provider_feishu_hire.exceptions import FeishuAPIError
 from airflow_provider_feishu_hire.ledger import (
@@ -78,7 +79,7 @@ def withdraw_account(client: FeishuClient, ledger: Ledger, intent: Intent, *, ch
         known = ledger.get(order_id)
         if known is None or known.status in (SKIPPED, REJECTED):
             try:
-                assets = client.get_account_assets(account_id).get("account") or {}
+                assets = client.get_account_assets(account_id)
             except FeishuAPIError as err:
                 return Outcome(account_id, order_id, SENDING if err.retryable else REJECTED, None, err.code, str(err))
             if _nothing_to_withdraw(assets, intent.withdraw_bonus_type) and ledger.skip(
@@ -127,18 +128,16 @@ def withdraw_account(client: FeishuClient, ledger: Ledger, intent: Intent, *, ch
     return Outcome(account_id, order_id, PAID, withdrawal)
 
 
-def _nothing_to_withdraw(account: dict[str, Any], bonus_types: Sequence[int]) -> bool:
+def _nothing_to_withdraw(assets: dict[str, Any], bonus_types: Sequence[int]) -> bool:
     """True only for a balance that clearly holds nothing of the chosen kinds; anything unclear is sent."""
-    if account.get("status") == 2:
-        return False  # deactivated: let Feishu refuse it, so the ledger says why it was not paid
     try:
-        bonus = (account.get("assets") or {}).get("confirmed_bonus") or {}
-        points = POINTS in bonus_types and Decimal(str(bonus.get("point_bonus") or 0)) != 0
-        cash = CASH in bonus_types and any(
-            Decimal(str(c.get("amount") or 0)) != 0 for c in bonus.get("cash_bonus") or []
-        )
-    except (AttributeError, TypeError, ArithmeticError):
+        balance = parse_account_assets("", assets)
+    except UnreadableAnswer:
         return False
+    if not balance.enabled:
+        return False  # deactivated: let Feishu refuse it, so the ledger says why it was not paid
+    points = POINTS in bonus_types and balance.point_bonus != 0
+    cash = CASH in bonus_types and any(amount != 0 for amount in balance.cash_bonus.values())
     return not (points or cash)
 
 

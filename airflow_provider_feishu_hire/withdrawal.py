@@ -6,6 +6,7 @@ Standard library only: the operator module imports this on every DAG parse.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,6 +62,30 @@ def check_external_order_id(value: object) -> str:
     if not _SAFE_ID.fullmatch(value):
         raise ValueError(f"external_order_id {value!r} may hold only letters, digits, '_' and '-'")
     return value
+
+
+def check_external_order_ids(value: object) -> dict[str, str]:
+    """A batch's chosen order ids, by account id: each checked, and no order id shared by two accounts."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError("external_order_ids is text but not a JSON object of account id to order id") from None
+    if not isinstance(value, Mapping):
+        raise TypeError(f"external_order_ids must map account ids to order ids, got {type(value).__name__}")
+    orders = {
+        check_referral_account_id(account, "external_order_ids account id"): check_external_order_id(order)
+        for account, order in value.items()
+    }
+    shared = {order for order in orders.values() if list(orders.values()).count(order) > 1}
+    if shared:
+        raise ValueError(
+            f"external_order_ids gives order id {min(shared)} to more than one account: Feishu would answer the "
+            "second account with the first one's withdrawal"
+        )
+    return orders
 
 
 def check_withdraw_bonus_type(value: object) -> list[int]:
@@ -167,19 +192,7 @@ def parse_withdrawal(referral_account_id: str, data: Mapping[str, Any]) -> Withd
     trans_time = data.get("trans_time")
     if isinstance(trans_time, bool) or not re.fullmatch(r"[0-9]{1,16}", str(trans_time)):
         raise UnreadableAnswer(f"trans_time {trans_time!r} is not milliseconds since the epoch")
-    points = details.get("point_bonus", 0)
-    if isinstance(points, Decimal) and points == points.to_integral_value():
-        points = int(points)
-    if isinstance(points, bool) or not isinstance(points, int) or points < 0:
-        raise UnreadableAnswer(f"point_bonus {points!r} is not a whole number of points")
-    cash: dict[str, Decimal] = {}
-    items = details.get("cash_bonus")
-    for item in [] if items is None else items if isinstance(items, list) else [items]:
-        currency = item.get("currency_type") if isinstance(item, Mapping) else None
-        amount = _exact_amount(item.get("amount") if isinstance(item, Mapping) else None)
-        if not isinstance(currency, str) or not currency.strip() or amount is None:
-            raise UnreadableAnswer(f"cash_bonus item {item!r} has no currency_type and exact amount")
-        cash[currency] = cash.get(currency, Decimal(0)) + amount
+    points, cash = parse_bonus(details)
     return Withdrawal(
         referral_account_id=referral_account_id,
         external_order_id=str(data.get("external_order_id", "")),
@@ -187,6 +200,28 @@ def parse_withdrawal(referral_account_id: str, data: Mapping[str, Any]) -> Withd
         point_bonus=points,
         cash_bonus=cash,
     )
+
+
+def parse_bonus(bonus: Mapping[str, Any]) -> tuple[int, dict[str, Decimal]]:
+    """Points and cash per currency of a ``withdrawal_details`` or ``confirmed_bonus`` object, read exactly.
+
+    Raises :class:`UnreadableAnswer` for fractional or negative points and for a cash item
+    without a currency or an exact amount: money is never guessed to be zero.
+    """
+    points = bonus.get("point_bonus", 0)
+    if isinstance(points, Decimal) and points == points.to_integral_value():
+        points = int(points)
+    if isinstance(points, bool) or not isinstance(points, int) or points < 0:
+        raise UnreadableAnswer(f"point_bonus {points!r} is not a whole number of points")
+    cash: dict[str, Decimal] = {}
+    items = bonus.get("cash_bonus")
+    for item in [] if items is None else items if isinstance(items, list) else [items]:
+        currency = item.get("currency_type") if isinstance(item, Mapping) else None
+        amount = _exact_amount(item.get("amount") if isinstance(item, Mapping) else None)
+        if not isinstance(currency, str) or not currency.strip() or amount is None:
+            raise UnreadableAnswer(f"cash_bonus item {item!r} has no currency_type and exact amount")
+        cash[currency] = cash.get(currency, Decimal(0)) + amount
+    return points, cash
 
 
 def _exact_amount(value: object) -> Decimal | None:

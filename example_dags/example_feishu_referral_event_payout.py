@@ -32,6 +32,7 @@ import pendulum
 from airflow.sdk import Asset, AssetWatcher, dag, task
 
 from airflow_provider_feishu_hire.operators.payroll import ReferralPayrollOperator
+from airflow_provider_feishu_hire.operators.referral_account import ReferralBatchWithdrawOperator
 from airflow_provider_feishu_hire.triggers.events import FeishuReferralAssetsTrigger
 
 REFERRAL_BALANCES = Asset(
@@ -55,21 +56,16 @@ REFERRAL_BALANCES = Asset(
     default_args={"retries": 3},
 )
 def example_feishu_referral_event_payout() -> None:
-    @task(inlets=[REFERRAL_BALANCES])
-    def withdraw_changed_balances(**context: Any) -> dict[str, Any]:
-        """One withdrawal per account whose latest event shows a balance, keyed by (account, balance, modify_time)."""
+    @task(inlets=[REFERRAL_BALANCES], multiple_outputs=True)
+    def changed_balances(**context: Any) -> dict[str, Any]:
+        """The accounts whose latest event shows a balance, each with the order id of that balance."""
         import logging
 
         from airflow.sdk.exceptions import AirflowFailException
 
         from airflow_provider_feishu_hire.events import BadEvent, ReferralAssetsUpdate, latest_updates
-        from airflow_provider_feishu_hire.hooks.feishu_hire import FeishuHireHook
-        from airflow_provider_feishu_hire.hooks.ledger import FeishuHireLedgerHook
-        from airflow_provider_feishu_hire.ledger import DEFAULT_LEDGER_CONN_ID, Intent
-        from airflow_provider_feishu_hire.payout import withdraw_batch
-        from airflow_provider_feishu_hire.withdrawal import CASH, POINTS, derive_external_order_id
+        from airflow_provider_feishu_hire.withdrawal import derive_external_order_id
 
-        ti, run_id = context["ti"], context["run_id"]
         events = list(context["triggering_asset_events"].get(REFERRAL_BALANCES, []))
         if events:
             # Airflow gives a run the events up to the moment its queue entry was made; events
@@ -89,9 +85,9 @@ def example_feishu_referral_event_payout() -> None:
         orders = {
             # The balance and its modify_time stand in for the run: a repeat of the event maps to this order id.
             u.referral_account_id: derive_external_order_id(
-                dag_id=ti.dag_id,
+                dag_id=context["ti"].dag_id,
                 run_id=f"assets_update-{u.balance_key}",
-                task_id=ti.task_id,
+                task_id=context["ti"].task_id,
                 referral_account_id=u.referral_account_id,
             )
             for u in latest
@@ -100,39 +96,17 @@ def example_feishu_referral_event_payout() -> None:
         logging.getLogger(__name__).info(
             "%d balance events, %d accounts, %d with a balance to withdraw", len(updates), len(latest), len(orders)
         )
-        ledger_hook = FeishuHireLedgerHook(DEFAULT_LEDGER_CONN_ID)
-        try:
-            ledger = ledger_hook.ledger
-            client = FeishuHireHook(ledger=ledger).client
-            try:
-                summary = withdraw_batch(
-                    client,
-                    ledger,
-                    list(orders),
-                    intent_for=lambda account_id: Intent(
-                        external_order_id=orders[account_id],
-                        referral_account_id=account_id,
-                        withdraw_bonus_type=(POINTS, CASH),
-                        app_id=client.app_id,
-                        dag_id=ti.dag_id,
-                        run_id=run_id,
-                        task_id=ti.task_id,
-                        try_number=ti.try_number,
-                    ),
-                    check_balances=True,
-                )
-            finally:
-                client.close()
-        finally:
-            ledger_hook.close()
-        if summary.open:  # Feishu may have committed: a retry resends the same order ids
-            raise RuntimeError(f"{summary.open} withdrawals have no known outcome yet: {summary.problems}")
-        if summary.rejected or summary.review:
-            raise AirflowFailException(f"not paid: {summary.problems}")
-        return summary.as_xcom()
+        return {"referral_account_ids": list(orders), "external_order_ids": orders}
 
+    changed = changed_balances()
+    withdrawals = ReferralBatchWithdrawOperator(
+        task_id="withdraw_changed_balances",
+        referral_account_ids=changed["referral_account_ids"],
+        external_order_ids=changed["external_order_ids"],
+        check_balances=True,  # a balance an earlier run already emptied is skipped, not withdrawn as zero
+    )
     # all_done: everyone paid reaches payroll even when one account fails.
-    withdraw_changed_balances() >> ReferralPayrollOperator(task_id="export_payroll", trigger_rule="all_done")
+    withdrawals >> ReferralPayrollOperator(task_id="export_payroll", trigger_rule="all_done")
 
 
 example_feishu_referral_event_payout()

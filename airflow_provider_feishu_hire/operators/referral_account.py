@@ -20,6 +20,7 @@ from airflow_provider_feishu_hire.withdrawal import (
     CASH,
     POINTS,
     check_external_order_id,
+    check_external_order_ids,
     check_referral_account_id,
     check_referral_account_ids,
     check_withdraw_bonus_type,
@@ -170,9 +171,13 @@ class ReferralBatchWithdrawOperator(BaseOperator):
     failure never stops the others: the task pays everything it can, then fails if any
     account was not settled, retried by Airflow only when a retry can help. The return
     value (XCom) is a bounded summary.
+
+    ``external_order_ids`` (optional; a mapping, its JSON, or an ``XComArg``) chooses the
+    order id of some or all accounts, e.g. one derived from what is being paid rather than
+    from the run; the others are derived from DAG, run, task and account.
     """
 
-    template_fields: Sequence[str] = ("referral_account_ids", "withdraw_bonus_type")
+    template_fields: Sequence[str] = ("referral_account_ids", "withdraw_bonus_type", "external_order_ids")
     ui_color = FEISHU_BLUE
     ui_fgcolor = "#ffffff"
 
@@ -181,6 +186,7 @@ class ReferralBatchWithdrawOperator(BaseOperator):
         *,
         referral_account_ids: object,
         withdraw_bonus_type: object = (POINTS, CASH),
+        external_order_ids: object = None,
         check_balances: bool = False,
         max_workers: int = 4,
         withdraw_per_minute: float | None = None,
@@ -194,6 +200,7 @@ class ReferralBatchWithdrawOperator(BaseOperator):
             raise ValueError("max_workers must be at least 1")
         self.referral_account_ids = referral_account_ids
         self.withdraw_bonus_type = withdraw_bonus_type
+        self.external_order_ids = external_order_ids
         self.check_balances = check_balances
         self.max_workers = max_workers
         self.withdraw_per_minute = withdraw_per_minute
@@ -209,6 +216,7 @@ class ReferralBatchWithdrawOperator(BaseOperator):
         with input_errors_fail_the_task():
             account_ids = check_referral_account_ids(self.referral_account_ids)
             bonus_types = check_withdraw_bonus_type(self.withdraw_bonus_type)
+            order_ids = check_external_order_ids(self.external_order_ids)
             ledger_hook = FeishuHireLedgerHook(self.ledger_conn_id)
             ledger = ledger_hook.ledger
             with _closed_on_error(ledger_hook):
@@ -225,7 +233,9 @@ class ReferralBatchWithdrawOperator(BaseOperator):
                 client,
                 ledger,
                 account_ids,
-                intent_for=lambda account_id: _intent(context, client.app_id, account_id, bonus_types, None),
+                intent_for=lambda account_id: _intent(
+                    context, client.app_id, account_id, bonus_types, order_ids.get(account_id)
+                ),
                 check_balances=self.check_balances,
                 max_workers=self.max_workers,
             )

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_provider_feishu_hire.operators.referral_account import FEISHU_BLUE, input_errors_fail_the_task
-from airflow_provider_feishu_hire.sensors.balance import (
+from airflow_provider_feishu_hire.balance import (
     AccountDeactivated,
     check_balance_threshold,
     check_poke_interval,
     parse_account_assets,
 )
+from airflow_provider_feishu_hire.operators.referral_account import FEISHU_BLUE, input_errors_fail_the_task
 from airflow_provider_feishu_hire.withdrawal import UnreadableAnswer, check_referral_account_id
 
 if TYPE_CHECKING:

@@ -20,6 +20,13 @@ from airflow.sdk import log as sdk_log
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from asgiref.sync import sync_to_async
 
+from airflow_provider_feishu_hire.balance import (
+    AccountDeactivated,
+    Balance,
+    check_balance_threshold,
+    check_poke_interval,
+    parse_account_assets,
+)
 from airflow_provider_feishu_hire.client import (
     ACCOUNT_ASSETS_PATH,
     APP_TICKET_RESEND_PATH,
@@ -32,13 +39,6 @@ from airflow_provider_feishu_hire.hooks.feishu_hire import (
     FeishuConnectionSettings,
     connection_settings,
     read_app_ticket,
-)
-from airflow_provider_feishu_hire.sensors.balance import (
-    AccountDeactivated,
-    Balance,
-    check_balance_threshold,
-    check_poke_interval,
-    parse_account_assets,
 )
 from airflow_provider_feishu_hire.withdrawal import UnreadableAnswer, check_referral_account_id
 

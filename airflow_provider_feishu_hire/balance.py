@@ -1,7 +1,7 @@
 """What the referral balance sensor waits for, in Feishu's terms: thresholds, and the confirmed balance read exactly.
 
-Standard library only: the sensor module imports it on every DAG parse, and the trigger
-uses the same rules in the triggerer, so both judge a balance alike.
+Standard library only: the sensor module imports it on every DAG parse, and the trigger,
+the payout's balance checks and the approval preview read balances with the same rules.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from airflow_provider_feishu_hire.withdrawal import UnreadableAnswer, format_money
+from airflow_provider_feishu_hire.withdrawal import UnreadableAnswer, format_money, parse_bonus
 
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _CENT = Decimal("0.01")
@@ -151,16 +151,5 @@ def parse_account_assets(referral_account_id: str, data: Mapping[str, Any]) -> B
     bonus = assets.get("confirmed_bonus") if isinstance(assets, Mapping) else None
     if not isinstance(bonus, Mapping):
         raise UnreadableAnswer(f"referral account {referral_account_id}'s answer has no assets.confirmed_bonus")
-    points = bonus.get("point_bonus") or 0
-    if isinstance(points, Decimal) and points == points.to_integral_value():
-        points = int(points)
-    if isinstance(points, bool) or not isinstance(points, int) or points < 0:
-        raise UnreadableAnswer(f"point_bonus {points!r} is not a whole number of points")
-    cash: dict[str, Decimal] = {}
-    for item in bonus.get("cash_bonus") or []:
-        currency = item.get("currency_type") if isinstance(item, Mapping) else None
-        amount = item.get("amount") if isinstance(item, Mapping) else None
-        if not isinstance(currency, str) or isinstance(amount, (bool, float)) or not isinstance(amount, (int, Decimal)):
-            raise UnreadableAnswer(f"cash_bonus item {item!r} has no currency_type and exact amount")
-        cash[currency] = cash.get(currency, Decimal(0)) + Decimal(amount)
+    points, cash = parse_bonus(bonus)
     return Balance(referral_account_id, account.get("status") == ENABLED, points, cash)
