@@ -84,5 +84,8 @@ pytest-lowest: $(LOWEST_VENV)/.installed postgres-deps
 
 test: lint typecheck pytest pytest-lowest
 
+# Everything the commands above create; the committed README screenshots in docs/ stay.
 clean:
-	rm -rf $(VENV) $(LOWEST_VENV) .venv-celery .demo .airflow test-artifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOWEST_VENV) .venv-celery .demo .airflow test-artifacts build *.egg-info \
+		.pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

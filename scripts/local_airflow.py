@@ -8,8 +8,10 @@ The browser test starts the same thing on free ports.
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -17,6 +19,8 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from cryptography.fernet import Fernet
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_ID = "cli_sandbox_app"
@@ -30,35 +34,71 @@ def free_port() -> int:
 
 
 class LocalAirflow:
+    """Airflow standalone in ``home``, its settings in ``home/airflow.cfg``.
+
+    The settings live in the config file, not only in this process's environment, so every
+    ``airflow`` command run with ``AIRFLOW_HOME`` set to ``home`` (``airflow connections
+    test``, ``airflow dags trigger``) sees what the UI sees. The payout ledger and the
+    payroll CSVs beside it are under ``home`` too.
+    """
+
     def __init__(self, home: Path, *, port: int = 8080, sandbox_port: int = 8765, free_log_ports: bool = False) -> None:
         self.home = home
         self.url = f"http://127.0.0.1:{port}"
         self.sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+        self.settings: dict[str, dict[str, str]] = {
+            "core": {
+                "dags_folder": str(ROOT / "example_dags"),
+                "load_examples": "False",
+                "dags_are_paused_at_creation": "False",
+                "test_connection": "Enabled",
+                "parallelism": "4",  # LocalExecutor starts one process per slot
+                "simple_auth_manager_users": "admin:admin",
+            },
+            "api": {"port": str(port), "base_url": self.url},
+        }
+        if free_log_ports:
+            self.settings["logging"] = {
+                "worker_log_server_port": str(free_port()),
+                "trigger_log_server_port": str(free_port()),
+            }
         bin_dir = str(Path(sys.executable).parent)
         self.env = {
             **os.environ,
             "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),  # standalone starts `airflow ...`
             "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "example_dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
-            "AIRFLOW__CORE__PARALLELISM": "4",  # LocalExecutor starts one process per slot
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-            "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__API__BASE_URL": self.url,
         }
-        if free_log_ports:
-            self.env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] = str(free_port())
-            self.env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] = str(free_port())
         self._sandbox: subprocess.Popen[bytes] | None = None
         self._airflow: subprocess.Popen[bytes] | None = None
+
+    def write_config(self) -> None:
+        """Merge :attr:`settings` into ``home/airflow.cfg``, keeping everything else already there.
+
+        A new file also gets the two secrets Airflow would generate for itself: the Fernet
+        key that encrypts stored connections, and the secret every component signs its API
+        tokens with (one per home, so they survive a restart).
+        """
+        path = self.home / "airflow.cfg"
+        config = configparser.ConfigParser(interpolation=None)  # Airflow's log formats hold % signs
+        config.read(path)
+        generated = {
+            ("core", "fernet_key"): lambda: Fernet.generate_key().decode(),
+            ("api_auth", "jwt_secret"): lambda: secrets.token_urlsafe(32),
+        }
+        for (section, option), make in generated.items():
+            if not config.get(section, option, fallback=""):
+                config.read_dict({section: {option: make()}})
+        config.read_dict(self.settings)
+        self.home.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as handle:
+            config.write(handle)
+        path.chmod(0o600)  # it holds the Fernet key
 
     def airflow(self, *args: str) -> None:
         subprocess.run([sys.executable, "-m", "airflow", *args], env=self.env, check=True, stdout=subprocess.DEVNULL)
 
     def start(self, log: Path | None = None) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
+        self.write_config()
         port = self.sandbox_url.rsplit(":", 1)[1]
         self._sandbox = subprocess.Popen(
             [sys.executable, "-m", "airflow_provider_feishu_hire.sandbox", "--port", port], stdout=subprocess.DEVNULL
@@ -74,9 +114,9 @@ class LocalAirflow:
             "host": self.sandbox_url,
             "login": APP_ID,
             "password": APP_SECRET,
-            # Airflow 3.3.2's connection list sends port 0 to test a connection that has no
-            # port, then refuses ("host or port differs from the stored connection").
-            # Storing the sandbox's port, which the URL already names, keeps Test working.
+            # Airflow 3.3.2's connection list tests a connection that has no port with port 0,
+            # then refuses it ("host or port differs from the stored connection"); the form
+            # shows Port for that reason, and this connection fills it in as a person would.
             "port": int(port),
         }
         self.airflow("connections", "add", "feishu_hire_default", "--conn-json", json.dumps(conn))
