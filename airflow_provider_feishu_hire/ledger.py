@@ -45,7 +45,7 @@ UNSENT = "unsent"  # an attempt's outcome only: refused before it reached Feishu
 OPEN_STATUSES = (SENDING, REVIEW)  # money may have moved and payroll cannot show it yet
 
 DEFAULT_LEDGER_CONN_ID = "feishu_hire_ledger"
-SCHEMA_VERSION = 2  # 2: reconciliations and registrations
+SCHEMA_VERSION = 2  # 2: reconciliations, registrations, approvals
 _MIGRATION_LOCK = 7_463_021_905  # any constant: PostgreSQL's advisory lock for migrate()
 # An attempt started this recently and not finished may still be waiting for Feishu's answer;
 # an older one died with its worker. (A call's retries end within the connection's budget.)
@@ -151,6 +151,18 @@ _DDL = (
         referral_account_id TEXT NOT NULL,
         registered_at TEXT NOT NULL,
         PRIMARY KEY (app_id, referrer))""",
+    # Who decided a DAG run's payout, when, and on which preview totals (cash as JSON of decimal strings).
+    """CREATE TABLE IF NOT EXISTS feishu_hire_approval (
+        id {serial},
+        dag_id TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        decision TEXT NOT NULL,
+        decided_by TEXT NOT NULL,
+        decided_at TEXT NOT NULL,
+        accounts INTEGER NOT NULL,
+        point_bonus BIGINT NOT NULL,
+        cash_bonus TEXT NOT NULL)""",
 )
 
 
@@ -178,6 +190,21 @@ class Reconciliation:
     end_trans_time: int
     ledger_points: dict[str, int]
     mismatches: tuple[Mismatch, ...] = ()
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A person's decision on a DAG run's payout, with the preview totals it was made on."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    decision: str  # "Approve", "Reject", or "not required" when the DAG run turned approval off
+    decided_by: str
+    decided_at: str  # ISO 8601, UTC
+    accounts: int
+    point_bonus: int
+    cash_bonus: dict[str, str]  # currency -> decimal string
 
 
 class LedgerError(ValueError):
@@ -727,6 +754,39 @@ class Ledger:
                 "ON CONFLICT (app_id, referrer) DO UPDATE SET referral_account_id = excluded.referral_account_id",
                 (app_id, referrer, referral_account_id, _now()),
             )
+
+    def record_approval(self, approval: Approval) -> None:
+        """Keep a payout decision; every decision is kept, a cleared run's too."""
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO feishu_hire_approval (dag_id, run_id, task_id, decision, decided_by, decided_at, "
+                "accounts, point_bonus, cash_bonus) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    approval.dag_id,
+                    approval.run_id,
+                    approval.task_id,
+                    approval.decision,
+                    approval.decided_by,
+                    approval.decided_at,
+                    approval.accounts,
+                    approval.point_bonus,
+                    json.dumps(approval.cash_bonus, sort_keys=True),
+                ),
+            )
+
+    def approvals(self, dag_id: str, run_id: str) -> list[Approval]:
+        """A DAG run's payout decisions, oldest first."""
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                "SELECT dag_id, run_id, task_id, decision, decided_by, decided_at, accounts, point_bonus, cash_bonus "
+                "FROM feishu_hire_approval WHERE dag_id = ? AND run_id = ? ORDER BY id",
+                (dag_id, run_id),
+            )
+            found = cur.fetchall()
+        return [
+            Approval(dag, run, task, decision, who, when, int(accounts), int(points), json.loads(cash))
+            for dag, run, task, decision, who, when, accounts, points, cash in found
+        ]
 
     # -- internals ----------------------------------------------------------------------------
 

@@ -12,7 +12,9 @@ import os
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pendulum
@@ -59,6 +61,22 @@ def payroll_rows(rows: Iterable[LedgerRow]) -> list[dict[str, str]]:
             if amount:
                 out.append({**base, "bonus_type": "cash", "currency": currency, "amount": format_money(amount)})
     return sorted(out, key=lambda r: tuple(r[c] for c in TABLE_COLUMNS))
+
+
+def payroll_totals(table: Iterable[dict[str, str]]) -> dict[str, Any]:
+    """What a payroll adds up to: accounts, rows, points, and cash per currency as decimal strings."""
+    rows = list(table)
+    points = sum(int(r["amount"]) for r in rows if r["bonus_type"] == "points")
+    cash: dict[str, Decimal] = {}
+    for r in rows:
+        if r["bonus_type"] == "cash":
+            cash[r["currency"]] = cash.get(r["currency"], Decimal(0)) + Decimal(r["amount"])
+    return {
+        "accounts": len({r["referral_account_id"] for r in rows}),
+        "rows": len(rows),
+        "point_bonus": points,
+        "cash_bonus": {currency: format_money(amount) for currency, amount in sorted(cash.items())},
+    }
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,19 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag
 
+from airflow_provider_feishu_hire.operators.approval import (
+    ReferralPayoutApprovalOperator,
+    ReferralPayoutPreviewOperator,
+)
 from airflow_provider_feishu_hire.operators.payroll import ReferralPayrollOperator
 from airflow_provider_feishu_hire.operators.reconciliation import ReferralReconcileOperator
 from airflow_provider_feishu_hire.operators.referral_account import ReferralBatchWithdrawOperator
 
 ACCOUNT_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
+APPROVAL_HELP = (
+    "A person approves the previewed totals in the Airflow UI before anything is paid. Off: unattended runs "
+    "pay at once (recorded in the ledger as 'not required')"
+)
 OUTPUT_DIR_HELP = (
     "Folder for the payroll CSV, reachable by every worker. Empty: beside an SQLite ledger, or no CSV with a "
     "PostgreSQL ledger (the feishu_hire_payroll table holds the payroll)"
@@ -31,6 +39,7 @@ OUTPUT_DIR_HELP = (
     params={
         "referral_account_ids": Param([], type="array", items=ACCOUNT_ID, minItems=1),
         "output_dir": Param("", type="string", description=OUTPUT_DIR_HELP),
+        "require_approval": Param(True, type="boolean", description=APPROVAL_HELP),
     },
     render_template_as_native_obj=True,  # the account list reaches the operators as a list
     default_args={"retries": 3},
@@ -40,6 +49,13 @@ def example_feishu_referral_batch_payroll() -> None:
         task_id="withdraw_referral_accounts",
         referral_account_ids="{{ params.referral_account_ids }}",
         check_balances=True,
+    )
+    (
+        ReferralPayoutPreviewOperator(
+            task_id="preview_payout", referral_account_ids="{{ params.referral_account_ids }}"
+        )
+        >> ReferralPayoutApprovalOperator(task_id="approve_payout", required="{{ params.require_approval }}")
+        >> withdrawals
     )
     # Both read the ledger and run whatever the batch's outcome; as leaves, either one's
     # failure fails the run.

@@ -15,6 +15,10 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, dag, task
 
+from airflow_provider_feishu_hire.operators.approval import (
+    ReferralPayoutApprovalOperator,
+    ReferralPayoutPreviewOperator,
+)
 from airflow_provider_feishu_hire.operators.payroll import ReferralPayrollOperator
 from airflow_provider_feishu_hire.operators.reconciliation import ReferralReconcileOperator
 from airflow_provider_feishu_hire.operators.referral_account import ReferralWithdrawOperator
@@ -28,6 +32,10 @@ SANDBOX_ACCOUNT_IDS = [
     "7001000000000000005",
 ]
 ACCOUNT_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
+APPROVAL_HELP = (
+    "A person approves the previewed totals in the Airflow UI before anything is paid. Off: unattended runs "
+    "pay at once (recorded in the ledger as 'not required')"
+)
 OUTPUT_DIR_HELP = (
     "Folder for the payroll CSV, reachable by every worker. Empty: beside an SQLite ledger, or no CSV with a "
     "PostgreSQL ledger (the feishu_hire_payroll table holds the payroll)"
@@ -45,6 +53,7 @@ OUTPUT_DIR_HELP = (
             SANDBOX_ACCOUNT_IDS, type="array", items=ACCOUNT_ID, minItems=1, description="Referral account ids"
         ),
         "output_dir": Param("", type="string", description=OUTPUT_DIR_HELP),
+        "require_approval": Param(True, type="boolean", description=APPROVAL_HELP),
     },
     # The delay between tries is the deployment's [core] default_task_retry_delay.
     default_args={"retries": 3},
@@ -55,8 +64,16 @@ def example_feishu_referral_payroll() -> None:
         assert params is not None
         return list(dict.fromkeys(str(account_id) for account_id in params["referral_account_ids"]))
 
+    account_ids = referral_account_ids()
     withdrawals = ReferralWithdrawOperator.partial(task_id="withdraw_referral_account").expand(
-        referral_account_id=referral_account_ids()
+        referral_account_id=account_ids
+    )
+    # Four eyes: the totals are read at Feishu's balance pace and shown to a person, whose
+    # decision goes to the ledger; a rejection skips everything after it.
+    (
+        ReferralPayoutPreviewOperator(task_id="preview_payout", referral_account_ids=account_ids)
+        >> ReferralPayoutApprovalOperator(task_id="approve_payout", required="{{ params.require_approval }}")
+        >> withdrawals
     )
     # all_done: everyone paid reaches payroll even when one account fails; the export then
     # fails naming who was not paid, so the run is never green with someone missing.

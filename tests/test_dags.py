@@ -18,7 +18,13 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_feishu_hire.ledger import Ledger
-from airflow_provider_feishu_hire.sandbox import DEFAULT_APP_SECRET, Account, FeishuSandbox, demo_accounts
+from airflow_provider_feishu_hire.sandbox import (
+    DEFAULT_APP_SECRET,
+    DEFAULT_TENANT_KEY,
+    Account,
+    FeishuSandbox,
+    demo_accounts,
+)
 from tests.conftest import (
     ROOT,
     AirflowRunner,
@@ -33,6 +39,7 @@ from tests.conftest import (
 EXAMPLE = ROOT / "example_dags" / "example_feishu_referral_payroll.py"
 BATCH_EXAMPLE = ROOT / "example_dags" / "example_feishu_referral_batch_payroll.py"
 CHECKS = Path(__file__).parent / "dags" / "feishu_operator_checks.py"
+LIFECYCLE = Path(__file__).parent / "dags" / "feishu_account_lifecycle.py"
 PAYROLL_DAG = "example_feishu_referral_payroll"
 BATCH_DAG = "example_feishu_referral_batch_payroll"
 
@@ -64,7 +71,7 @@ def run(runner: AirflowRunner, sandbox: FeishuSandbox, dag_id: str, conf: dict[s
         dag_id,
         *args,
         "--conf",
-        json.dumps(conf),
+        json.dumps({"require_approval": False, **conf}),  # unattended unless a test asks for approval
         AIRFLOW_CONN_FEISHU_HIRE_DEFAULT=connection_json(sandbox.url, **extra),
         AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY="1",
         **airflow_env,
@@ -75,7 +82,7 @@ def run_at(runner: AirflowRunner, sandbox: FeishuSandbox, conf: dict[str, object
     """The example payroll DAG's run of 2026-11-01: a second call clears and re-runs the same DAG run."""
     return runner.run(
         [sys.executable, str(Path(__file__).parent / "dag_run_at.py"), PAYROLL_DAG, "2026-11-01T00:00:00+00:00",
-         json.dumps(conf)],
+         json.dumps({"require_approval": False, **conf})],
         AIRFLOW_CONN_FEISHU_HIRE_DEFAULT=connection_json(sandbox.url),
         PYTHONPATH=str(ROOT),
         **env,
@@ -98,7 +105,7 @@ def logs_of(runner: AirflowRunner, done) -> str:  # type: ignore[no-untyped-def]
 
 def assert_no_secret(sandbox: FeishuSandbox, *texts: str) -> None:
     assert sandbox.issued_tokens, "the run never fetched a token"
-    for secret in [DEFAULT_APP_SECRET, *sandbox.issued_tokens]:
+    for secret in [DEFAULT_APP_SECRET, *sandbox.issued_tokens, *sandbox.issued_app_tokens]:
         assert all(secret not in text for text in texts)
 
 
@@ -134,7 +141,12 @@ def test_example_payroll_dag_with_the_embedded_ledger_pays_once_and_exports_from
         with sqlite_ledger(embedded) as ledger:
             assert_paid_exactly_once(ledger, sandbox)
             (reconciled,) = ledger.reconciliations(sandbox.app_id)  # the run's window, agreed with Feishu
+            (approval,) = ledger.approvals(PAYROLL_DAG, last_run_id(runner, PAYROLL_DAG))
         assert reconciled.mismatches == ()
+        assert (approval.decision, approval.accounts) == (
+            "not required",
+            len([a for a in accounts if a.point_bonus or any(a.cash_bonus.values())]),
+        )
         assert sandbox.requests["reconciliation"] == 1
         run_id = last_run_id(runner, PAYROLL_DAG)
         (csv_path,) = (runner.home / "feishu_hire_payroll" / PAYROLL_DAG).glob("payroll_*.csv")
@@ -261,7 +273,7 @@ def test_a_deactivated_account_fails_alone_and_the_others_still_reach_payroll(
         truth = sandbox_payroll(sandbox)
     output = done.stdout + done.stderr
     assert done.returncode != 0 and "1002555" in output
-    assert "1 referral account not paid: account 7001000000000000009" in output  # the facts first, plural right
+    assert "1 referral account not paid (account 7001000000000000009" in output  # the facts first, plural right
     states = ti_states(runner, PAYROLL_DAG)
     assert states[("withdraw_referral_account", 0)] == ("success", 1)
     assert states[("withdraw_referral_account", 1)] == ("failed", 1)  # AirflowFailException: no retries
@@ -324,7 +336,7 @@ def test_batch_example_pays_everyone_once_skips_empty_accounts_and_exports(
     with FeishuSandbox(demo_accounts(), rate_limits=False) as sandbox:
         done = run(runner, sandbox, BATCH_DAG, conf, **ledger_env(ledger_file))
         assert done.returncode == 0, failed(runner, done)
-        assert sandbox.requests["token"] == 2  # one for the whole batch, one for the reconciliation
+        assert sandbox.requests["token"] == 3  # one each for the preview, the whole batch and the reconciliation
         assert sandbox.requests["reconciliation"] == 1
         assert "7001000000000000005" not in {e["referral_account_id"] for e in sandbox.state()["ledger"]}  # empty
         with sqlite_ledger(ledger_file) as ledger:
@@ -351,3 +363,35 @@ def test_batch_pays_the_others_exports_them_then_fails_without_retry_on_a_bad_ac
     assert states[("export_payroll", -1)][0] == "failed"
     (csv_path,) = (tmp_path / BATCH_DAG).glob("payroll_*.csv")
     assert csv_lines(csv_path) == truth
+
+
+@pytest.mark.parametrize("app_type", ["custom", "isv"])
+def test_a_dag_registers_waits_pays_deactivates_and_reconciles(
+    runner: AirflowRunner, ledger_file: Path, app_type: str
+) -> None:
+    """The whole life of two accounts in one DAG run, with a self-built app and with a store app."""
+    runner.add_dag(LIFECYCLE)
+    emails = ["ann@example.com", "bo@example.com"]
+    with FeishuSandbox([], rate_limits=False, app_type=app_type) as sandbox:
+        env = ledger_env(ledger_file)
+        if app_type == "isv":  # the store app's ticket, as the user's event receiver stores it
+            env.update(
+                app_type="isv", tenant_key=DEFAULT_TENANT_KEY, AIRFLOW_VAR_FEISHU_HIRE_APP_TICKET=sandbox.app_ticket
+            )
+        conf = {"emails": emails, "sandbox_url": sandbox.url}
+        done = run(runner, sandbox, "feishu_account_lifecycle", conf, **env)
+        assert done.returncode == 0, failed(runner, done)
+        state = sandbox.state()
+        with sqlite_ledger(ledger_file) as ledger:
+            ids = [ledger.registered_account(sandbox.app_id, email) for email in emails]
+            assert_paid_exactly_once(ledger, sandbox)
+            (reconciled,) = ledger.reconciliations(sandbox.app_id)
+        assert sorted(e["referral_account_id"] for e in state["ledger"]) == sorted(ids)  # each paid once
+        assert [state["accounts"][i]["status"] for i in ids] == [1, 2]  # the leaver deactivated
+        assert reconciled.mismatches == () and sandbox.requests["reconciliation"] == 1
+        assert ti_states(runner, "feishu_account_lifecycle")[("wait_for_bonus", -1)][0] == "success"
+        if app_type == "isv":
+            assert sandbox.issued_app_tokens and sandbox.requests["app_token"] >= 1
+        logs = logs_of(runner, done)
+        assert_no_secret(sandbox, logs)
+        assert sandbox.app_ticket not in logs

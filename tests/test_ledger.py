@@ -563,6 +563,22 @@ def test_a_ledger_written_by_a_newer_provider_is_refused(ledger: Ledger) -> None
     assert status(ledger) == SENDING  # refused without touching anything
 
 
+def test_a_version_1_ledger_gains_the_new_tables_and_keeps_its_rows(ledger: Ledger) -> None:
+    claimed = ledger.claim(intent())
+    for table in ("feishu_hire_reconciliation_mismatch", "feishu_hire_reconciliation", "feishu_hire_registration",
+                  "feishu_hire_approval"):  # fmt: skip
+        query(ledger, f"DROP TABLE {table}")
+    query(ledger, "DELETE FROM feishu_hire_ledger_schema")
+    query(ledger, "INSERT INTO feishu_hire_ledger_schema (version, migrated_at) VALUES (1, '2026-11-01T00:00:00')")
+
+    with second_ledger(ledger) as other:
+        other.migrate()
+        other.record_registration("cli_a", "a@example.com", "7001")
+        assert other.registered_account("cli_a", "a@example.com") == "7001"
+        assert other.get(claimed.intent.external_order_id) is not None
+    assert query(ledger, "SELECT max(version) FROM feishu_hire_ledger_schema") == [(SCHEMA_VERSION,)]
+
+
 def test_workers_migrating_a_fresh_ledger_at_once_all_succeed(
     ledger: Ledger, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:

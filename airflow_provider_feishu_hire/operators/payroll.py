@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import Asset, BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_feishu_hire.accounts import check_trans_time_window
@@ -18,6 +18,10 @@ from airflow_provider_feishu_hire.withdrawal import check_referral_account_ids, 
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+# Every payroll export marks this asset (unless given other outlets), with the run's totals in
+# the event's extra, so that a payroll-import DAG can be scheduled on it.
+FEISHU_HIRE_PAYROLL = Asset("feishu_hire_payroll")
 
 
 class ReferralPayrollOperator(BaseOperator):
@@ -40,6 +44,11 @@ class ReferralPayrollOperator(BaseOperator):
 
     Run it with ``trigger_rule="all_done"`` after the withdrawals, so that one account's
     failure does not keep everyone else out of payroll.
+
+    Its outlet is the asset :data:`FEISHU_HIRE_PAYROLL` (``outlets`` chooses others): each
+    export that writes the payroll emits an asset event whose extra holds the DAG run,
+    the CSV path, and the totals (accounts, rows, points, cash per currency as decimal
+    strings), so a downstream payroll import can be scheduled on it.
     """
 
     template_fields: Sequence[str] = ("referral_account_ids", "output_dir", "start_trans_time", "end_trans_time")
@@ -57,6 +66,7 @@ class ReferralPayrollOperator(BaseOperator):
         upsert_table: bool = True,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("outlets", [FEISHU_HIRE_PAYROLL])
         super().__init__(**kwargs)
         self.referral_account_ids = referral_account_ids
         self.output_dir = output_dir
@@ -72,6 +82,7 @@ class ReferralPayrollOperator(BaseOperator):
             completeness,
             payroll_csv_path,
             payroll_rows,
+            payroll_totals,
             trans_time_iso,
             write_payroll_csv,
         )
@@ -104,13 +115,25 @@ class ReferralPayrollOperator(BaseOperator):
                 hook.upsert_payroll(table)
         finally:
             hook.close()
-        accounts = len({row["referral_account_id"] for row in table})
+        totals = payroll_totals(table)
+        # Airflow emits the event only if this task succeeds: not when someone is missing below.
+        for outlet in self.outlets:
+            if isinstance(outlet, Asset):
+                context["outlet_events"][outlet].extra = {
+                    "dag_id": dag_id,
+                    "run_id": run_id,
+                    "csv": str(path) if path else None,
+                    **totals,
+                }
+        accounts = totals["accounts"]
         where = f"{path} and table feishu_hire_payroll" if path else "table feishu_hire_payroll"
         if check.not_paid:
+            first = next(iter(check.not_paid.values()))
             listed = "; ".join(check.not_paid.values())
             raise AirflowFailException(
-                f"{plural(len(check.not_paid), 'referral account')} not paid: {listed}. "
-                f"The {plural(accounts, 'account')} paid are in payroll ({len(table)} rows, {where})."
+                f"{plural(len(check.not_paid), 'referral account')} not paid ({first}); the "
+                f"{plural(accounts, 'account')} paid are in payroll ({plural(len(table), 'row')}, {where}). "
+                f"Not paid: {listed}"
             )
         self.log.info("Payroll: %s, %s, written to %s", plural(accounts, "account"), plural(len(table), "row"), where)
         return {"csv": str(path) if path else None, "rows": len(table), "accounts": accounts}

@@ -1,0 +1,129 @@
+"""What a payout is about to pay, for the person who approves it. No Airflow here.
+
+Withdraw takes an account's whole balance at the moment it runs, so the preview is what
+the balances were when it was read: bonuses confirmed after it are paid too. It reads
+each account at the client's balance pace (Feishu allows 10 a second).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_feishu_hire.balance import Balance, parse_account_assets
+from airflow_provider_feishu_hire.exceptions import FeishuAPIError
+from airflow_provider_feishu_hire.withdrawal import CASH, POINTS, UnreadableAnswer, format_money, plural
+
+if TYPE_CHECKING:
+    from airflow_provider_feishu_hire.client import FeishuClient
+
+LARGEST_SHOWN = 5
+
+
+@dataclass
+class PayoutPreview:
+    """Totals of the balances a payout would withdraw, the largest ones, and the accounts it cannot pay."""
+
+    accounts: int = 0
+    payable: list[Balance] = field(default_factory=list)
+    not_payable: dict[str, str] = field(default_factory=dict)  # account id -> why
+
+    @property
+    def point_bonus(self) -> int:
+        return sum(b.point_bonus for b in self.payable)
+
+    @property
+    def cash_bonus(self) -> dict[str, Decimal]:
+        totals: dict[str, Decimal] = {}
+        for balance in self.payable:
+            for currency, amount in balance.cash_bonus.items():
+                totals[currency] = totals.get(currency, Decimal(0)) + amount
+        return dict(sorted(totals.items()))
+
+    def largest(self) -> list[Balance]:
+        """The biggest payouts: most cash (all currencies side by side), then most points."""
+        return sorted(
+            self.payable,
+            key=lambda b: (max(b.cash_bonus.values(), default=Decimal(0)), b.point_bonus),
+            reverse=True,
+        )[:LARGEST_SHOWN]
+
+    def headline(self) -> str:
+        """The approval's subject: the numbers first."""
+        cash = ", ".join(f"{format_money(amount)} {currency}" for currency, amount in self.cash_bonus.items())
+        return (
+            f"Pay {plural(len(self.payable), 'referral account')}: {plural(self.point_bonus, 'point')}"
+            f"{', ' + cash if cash else ''}?"
+        )
+
+    def markdown(self) -> str:
+        """The approval's body: totals, the largest payouts, who cannot be paid, and what approving means."""
+        lines = [
+            f"**{plural(len(self.payable), 'account')}** with a balance of the {self.accounts} listed; "
+            f"**{plural(self.point_bonus, 'point')}**",
+        ]
+        lines += [f"- **{format_money(amount)} {currency}**" for currency, amount in self.cash_bonus.items()]
+        if self.payable:
+            lines += ["", "| Largest payouts | Points | Cash |", "|---|---:|---:|"]
+            lines += [
+                f"| {b.referral_account_id} | {b.point_bonus} | "
+                + (", ".join(f"{format_money(a)} {c}" for c, a in sorted(b.cash_bonus.items())) or "—")
+                + " |"
+                for b in self.largest()
+            ]
+        if self.not_payable:
+            lines += ["", f"**{plural(len(self.not_payable), 'account')} cannot be paid:**"]
+            lines += [f"- {account}: {why}" for account, why in sorted(self.not_payable.items())]
+        lines += [
+            "",
+            "Withdrawal takes each account's whole balance when it runs: a bonus confirmed after this "
+            "preview is paid too. The amounts paid are in the ledger and the payroll.",
+        ]
+        return "\n".join(lines)
+
+    def as_xcom(self) -> dict[str, Any]:
+        """JSON-safe: cash as decimal strings, never floats."""
+        return {
+            "accounts": self.accounts,
+            "payable": len(self.payable),
+            "point_bonus": self.point_bonus,
+            "cash_bonus": {currency: format_money(amount) for currency, amount in self.cash_bonus.items()},
+            "largest": [b.as_xcom() for b in self.largest()],
+            "not_payable": dict(sorted(self.not_payable.items())),
+            "subject": self.headline(),
+            "markdown": self.markdown(),
+        }
+
+
+def preview_payout(client: FeishuClient, account_ids: Sequence[str], bonus_types: Sequence[int]) -> PayoutPreview:
+    """Read every account's balance (of the kinds to be withdrawn) once, at the balance pace.
+
+    An account Feishu refuses (unknown, no scope) or reports deactivated is listed as not
+    payable; a transient error raises, so the task's retry reads again.
+    """
+    preview = PayoutPreview(accounts=len(account_ids))
+    for account_id in dict.fromkeys(account_ids):
+        try:
+            balance = parse_account_assets(account_id, client.get_account_assets(account_id))
+        except FeishuAPIError as err:
+            if err.retryable:
+                raise
+            preview.not_payable[account_id] = f"Feishu error {err.code}: {err.msg}"
+            continue
+        except UnreadableAnswer as exc:
+            preview.not_payable[account_id] = f"balance unreadable: {exc}"
+            continue
+        if not balance.enabled:
+            preview.not_payable[account_id] = "deactivated"
+            continue
+        kept = Balance(
+            account_id,
+            True,
+            balance.point_bonus if POINTS in bonus_types else 0,
+            dict(balance.cash_bonus) if CASH in bonus_types else {},
+        )
+        if kept.point_bonus or any(kept.cash_bonus.values()):
+            preview.payable.append(kept)
+    return preview
