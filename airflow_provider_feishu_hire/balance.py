@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from airflow_provider_feishu_hire.withdrawal import UnreadableAnswer, format_money, parse_bonus
+from airflow_provider_feishu_hire.withdrawal import UnreadableAnswer, cash_items, format_cash, format_money, parse_bonus
 
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _CENT = Decimal("0.01")
@@ -127,15 +127,11 @@ class Balance:
         return {
             "referral_account_id": self.referral_account_id,
             "point_bonus": self.point_bonus,
-            "cash_bonus": [
-                {"currency_type": currency, "amount": format_money(amount)}
-                for currency, amount in sorted(self.cash_bonus.items())
-            ],
+            "cash_bonus": cash_items(self.cash_bonus),
         }
 
     def describe(self) -> str:
-        cash = ", ".join(f"{format_money(amount)} {currency}" for currency, amount in sorted(self.cash_bonus.items()))
-        return f"{self.point_bonus} points, cash {cash or 'none'}"
+        return f"{self.point_bonus} points, cash {format_cash(self.cash_bonus) or 'none'}"
 
 
 def parse_account_assets(referral_account_id: str, data: Mapping[str, Any]) -> Balance:

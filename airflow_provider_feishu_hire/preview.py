@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_feishu_hire.balance import Balance, parse_account_assets
 from airflow_provider_feishu_hire.exceptions import FeishuAPIError
-from airflow_provider_feishu_hire.withdrawal import CASH, POINTS, UnreadableAnswer, format_money, plural
+from airflow_provider_feishu_hire.withdrawal import CASH, POINTS, UnreadableAnswer, format_cash, format_money, plural
 
 if TYPE_CHECKING:
     from airflow_provider_feishu_hire.client import FeishuClient
@@ -52,7 +52,7 @@ class PayoutPreview:
 
     def headline(self) -> str:
         """The approval's subject: the numbers first."""
-        cash = ", ".join(f"{format_money(amount)} {currency}" for currency, amount in self.cash_bonus.items())
+        cash = format_cash(self.cash_bonus)
         return (
             f"Pay {plural(len(self.payable), 'referral account')}: {plural(self.point_bonus, 'point')}"
             f"{', ' + cash if cash else ''}?"
@@ -68,9 +68,7 @@ class PayoutPreview:
         if self.payable:
             lines += ["", "| Largest payouts | Points | Cash |", "|---|---:|---:|"]
             lines += [
-                f"| {b.referral_account_id} | {b.point_bonus} | "
-                + (", ".join(f"{format_money(a)} {c}" for c, a in sorted(b.cash_bonus.items())) or "—")
-                + " |"
+                f"| {b.referral_account_id} | {b.point_bonus} | " + (format_cash(b.cash_bonus) or "—") + " |"
                 for b in self.largest()
             ]
         if self.not_payable:

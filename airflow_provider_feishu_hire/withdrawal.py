@@ -135,6 +135,16 @@ def format_money(amount: Decimal) -> str:
     return format(amount.quantize(_CENT) if amount.as_tuple().exponent > -2 else amount, "f")  # type: ignore[operator]
 
 
+def format_cash(cash: Mapping[str, Decimal]) -> str:
+    """Cash per currency for a person: "3000.50 CNY, 2.00 USD", or "" for none."""
+    return ", ".join(f"{format_money(amount)} {currency}" for currency, amount in sorted(cash.items()))
+
+
+def cash_items(cash: Mapping[str, Decimal]) -> list[dict[str, str]]:
+    """Cash per currency in Feishu's ``cash_bonus`` shape, JSON-safe: amounts as decimal strings, never floats."""
+    return [{"currency_type": currency, "amount": format_money(amount)} for currency, amount in sorted(cash.items())]
+
+
 class UnreadableAnswer(ValueError):
     """A success answer whose amounts cannot be read exactly: money moved, but how much is unknown."""
 
@@ -164,18 +174,15 @@ class Withdrawal:
             "trans_time": str(self.trans_time),
             "withdrawal_details": {
                 "point_bonus": self.point_bonus,
-                "cash_bonus": [
-                    {"currency_type": currency, "amount": format_money(amount)}
-                    for currency, amount in sorted(self.cash_bonus.items())
-                ],
+                "cash_bonus": cash_items(self.cash_bonus),
             },
         }
 
     def describe(self) -> str:
         """One log line per account, the facts a person looks for first: who, how much, which order."""
-        cash = ", ".join(f"{format_money(amount)} {currency}" for currency, amount in sorted(self.cash_bonus.items()))
         return (
-            f"referral account {self.referral_account_id}: points {self.point_bonus}, cash {cash or 'none'} "
+            f"referral account {self.referral_account_id}: points {self.point_bonus}, "
+            f"cash {format_cash(self.cash_bonus) or 'none'} "
             f"(order {self.external_order_id})"
         )
 

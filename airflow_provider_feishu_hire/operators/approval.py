@@ -16,6 +16,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider_feishu_hire.ledger import DEFAULT_LEDGER_CONN_ID
 from airflow_provider_feishu_hire.operators.referral_account import (
     FEISHU_BLUE,
+    feishu_and_ledger,
     input_errors_fail_the_task,
     permanent_feishu_errors_fail_the_task,
 )
@@ -64,21 +65,16 @@ class ReferralPayoutPreviewOperator(BaseOperator):
         self.ledger_conn_id = ledger_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_provider_feishu_hire.hooks.feishu_hire import FeishuHireHook
-        from airflow_provider_feishu_hire.hooks.ledger import FeishuHireLedgerHook
         from airflow_provider_feishu_hire.preview import preview_payout
 
         with input_errors_fail_the_task():
             account_ids = check_referral_account_ids(self.referral_account_ids)
             bonus_types = check_withdraw_bonus_type(self.withdraw_bonus_type)
-            ledger_hook = FeishuHireLedgerHook(self.ledger_conn_id)
-            client = FeishuHireHook(feishu_hire_conn_id=self.feishu_hire_conn_id, ledger=ledger_hook.ledger).client
-        try:
-            with permanent_feishu_errors_fail_the_task():
-                preview = preview_payout(client, account_ids, bonus_types)
-        finally:
-            ledger_hook.close()
-            client.close()
+        with (
+            feishu_and_ledger(self.feishu_hire_conn_id, self.ledger_conn_id) as (client, _),
+            permanent_feishu_errors_fail_the_task(),
+        ):
+            preview = preview_payout(client, account_ids, bonus_types)
         self.log.info("%s", preview.headline())
         return preview.as_xcom()
 

@@ -15,6 +15,7 @@ from airflow_provider_feishu_hire.accounts import check_trans_time_window
 from airflow_provider_feishu_hire.ledger import DEFAULT_LEDGER_CONN_ID
 from airflow_provider_feishu_hire.operators.referral_account import (
     FEISHU_BLUE,
+    feishu_and_ledger,
     input_errors_fail_the_task,
     permanent_feishu_errors_fail_the_task,
 )
@@ -59,17 +60,12 @@ class ReferralReconcileOperator(BaseOperator):
         self.ledger_conn_id = ledger_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_provider_feishu_hire.hooks.feishu_hire import FeishuHireHook
-        from airflow_provider_feishu_hire.hooks.ledger import FeishuHireLedgerHook
         from airflow_provider_feishu_hire.reconciliation import reconcile
 
         ti = context["ti"]
         with input_errors_fail_the_task():
             window = check_trans_time_window(self.start_trans_time, self.end_trans_time)
-            ledger_hook = FeishuHireLedgerHook(self.ledger_conn_id)
-            ledger = ledger_hook.ledger
-            client = FeishuHireHook(feishu_hire_conn_id=self.feishu_hire_conn_id, ledger=ledger).client
-        try:
+        with feishu_and_ledger(self.feishu_hire_conn_id, self.ledger_conn_id) as (client, ledger):
             if window is None:
                 paid = ledger.trans_time_range(ti.dag_id, context["run_id"])
                 if paid is None:
@@ -79,9 +75,6 @@ class ReferralReconcileOperator(BaseOperator):
             with permanent_feishu_errors_fail_the_task():
                 record = reconcile(client, ledger, *window)
             ledger.record_reconciliation(record, dag_id=ti.dag_id, run_id=context["run_id"], task_id=ti.task_id)
-        finally:
-            ledger_hook.close()
-            client.close()
         span = f"trans_time {record.start_trans_time} to {record.end_trans_time} (ms, inclusive)"
         if record.mismatches:
             raise AirflowFailException(

@@ -31,7 +31,8 @@ from airflow_provider_feishu_hire.withdrawal import (
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_feishu_hire.ledger import Intent
+    from airflow_provider_feishu_hire.client import FeishuClient
+    from airflow_provider_feishu_hire.ledger import Intent, Ledger
 
 FEISHU_BLUE = "#3370ff"
 
@@ -59,12 +60,30 @@ def permanent_feishu_errors_fail_the_task() -> Iterator[None]:
 
 
 @contextmanager
-def _closed_on_error(hook: Any) -> Iterator[None]:
+def feishu_and_ledger(
+    feishu_hire_conn_id: str, ledger_conn_id: str, **hook_options: Any
+) -> Iterator[tuple[FeishuClient, Ledger]]:
+    """A task's Feishu client, paced through its payout ledger, and the ledger; both closed when the task ends.
+
+    A connection or ledger that cannot be used is a configuration error: the task fails
+    at once, without Airflow's retries.
+    """
+    from airflow_provider_feishu_hire.hooks.feishu_hire import FeishuHireHook
+    from airflow_provider_feishu_hire.hooks.ledger import FeishuHireLedgerHook
+
+    with input_errors_fail_the_task():
+        ledger_hook = FeishuHireLedgerHook(ledger_conn_id)
+        try:
+            ledger = ledger_hook.ledger
+            client = FeishuHireHook(feishu_hire_conn_id=feishu_hire_conn_id, ledger=ledger, **hook_options).client
+        except BaseException:
+            ledger_hook.close()
+            raise
     try:
-        yield
-    except BaseException:
-        hook.close()
-        raise
+        yield client, ledger
+    finally:
+        ledger_hook.close()
+        client.close()
 
 
 class ReferralWithdrawOperator(BaseOperator):
@@ -126,8 +145,6 @@ class ReferralWithdrawOperator(BaseOperator):
         return super().partial(**kwargs)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_provider_feishu_hire.hooks.feishu_hire import FeishuHireHook
-        from airflow_provider_feishu_hire.hooks.ledger import FeishuHireLedgerHook
         from airflow_provider_feishu_hire.ledger import SENDING
         from airflow_provider_feishu_hire.payout import withdraw_account
 
@@ -135,18 +152,13 @@ class ReferralWithdrawOperator(BaseOperator):
             account_id = check_referral_account_id(self.referral_account_id)
             bonus_types = check_withdraw_bonus_type(self.withdraw_bonus_type)
             order_id = None if self.external_order_id is None else check_external_order_id(self.external_order_id)
-            ledger_hook = FeishuHireLedgerHook(self.ledger_conn_id)
-            ledger = ledger_hook.ledger  # an unusable ledger is a configuration error: no retries
-            with _closed_on_error(ledger_hook):
-                client = FeishuHireHook(feishu_hire_conn_id=self.feishu_hire_conn_id, ledger=ledger).client
-        try:
-            with input_errors_fail_the_task():  # an order id the ledger holds for another account
-                outcome = withdraw_account(
-                    client, ledger, _intent(context, client.app_id, account_id, bonus_types, order_id)
-                )
-        finally:
-            ledger_hook.close()
-            client.close()
+        with (
+            feishu_and_ledger(self.feishu_hire_conn_id, self.ledger_conn_id) as (client, ledger),
+            input_errors_fail_the_task(),  # an order id the ledger holds for another account
+        ):
+            outcome = withdraw_account(
+                client, ledger, _intent(context, client.app_id, account_id, bonus_types, order_id)
+            )
         if outcome.withdrawal is None:
             if outcome.status == SENDING:  # Feishu may have committed: the retry sends the same order id
                 raise RuntimeError(f"{outcome.describe()}; a retry resends the same order id")
@@ -209,26 +221,20 @@ class ReferralBatchWithdrawOperator(BaseOperator):
         self.ledger_conn_id = ledger_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_provider_feishu_hire.hooks.feishu_hire import FeishuHireHook
-        from airflow_provider_feishu_hire.hooks.ledger import FeishuHireLedgerHook
         from airflow_provider_feishu_hire.payout import withdraw_batch
 
         with input_errors_fail_the_task():
             account_ids = check_referral_account_ids(self.referral_account_ids)
             bonus_types = check_withdraw_bonus_type(self.withdraw_bonus_type)
             order_ids = check_external_order_ids(self.external_order_ids)
-            ledger_hook = FeishuHireLedgerHook(self.ledger_conn_id)
-            ledger = ledger_hook.ledger
-            with _closed_on_error(ledger_hook):
-                client = FeishuHireHook(
-                    feishu_hire_conn_id=self.feishu_hire_conn_id,
-                    withdraw_per_minute=self.withdraw_per_minute,
-                    assets_per_second=self.assets_per_second,
-                    pool_size=self.max_workers,
-                    ledger=ledger,
-                ).client
         self.log.info("Withdrawing %d referral accounts", len(account_ids))
-        try:
+        with feishu_and_ledger(
+            self.feishu_hire_conn_id,
+            self.ledger_conn_id,
+            withdraw_per_minute=self.withdraw_per_minute,
+            assets_per_second=self.assets_per_second,
+            pool_size=self.max_workers,
+        ) as (client, ledger):
             summary = withdraw_batch(
                 client,
                 ledger,
@@ -239,9 +245,6 @@ class ReferralBatchWithdrawOperator(BaseOperator):
                 check_balances=self.check_balances,
                 max_workers=self.max_workers,
             )
-        finally:
-            ledger_hook.close()
-            client.close()
         result = summary.as_xcom()
         self.log.info(
             "Paid %d of %d referral accounts (%d by an earlier try), skipped %d; points %d, cash %s",
@@ -341,18 +344,11 @@ class ReferralAccountRegisterOperator(BaseOperator):
         return super().partial(**kwargs)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_provider_feishu_hire.hooks.feishu_hire import FeishuHireHook
-        from airflow_provider_feishu_hire.hooks.ledger import FeishuHireLedgerHook
-
         with input_errors_fail_the_task():
             body = check_referrer(mobile=self.referrer_mobile, mobile_code=self.mobile_code, email=self.referrer_email)
             user_id_type = check_user_id_type(self.user_id_type)
             referrer = body.get("email") or "mobile:+{code} {number}".format(**body["mobile"])
-            ledger_hook = FeishuHireLedgerHook(self.ledger_conn_id)
-            ledger = ledger_hook.ledger
-            with _closed_on_error(ledger_hook):
-                client = FeishuHireHook(feishu_hire_conn_id=self.feishu_hire_conn_id, ledger=ledger).client
-        try:
+        with feishu_and_ledger(self.feishu_hire_conn_id, self.ledger_conn_id) as (client, ledger):
             known = ledger.registered_account(client.app_id, referrer)
             if known is not None:
                 self.log.info("Referral account %s of %s: registered before, taken from the ledger", known, referrer)
@@ -374,9 +370,6 @@ class ReferralAccountRegisterOperator(BaseOperator):
                 raise
             account_id = str(account["account_id"])
             ledger.record_registration(client.app_id, referrer, account_id)
-        finally:
-            ledger_hook.close()
-            client.close()
         self.log.info("Registered referral account %s of %s", account_id, referrer)
         return {"referral_account_id": account_id, "referrer": referrer, "registered_now": True}
 
