@@ -9,10 +9,13 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import pytest
@@ -33,6 +36,10 @@ from airflow_provider_feishu_hire.sandbox import (  # noqa: E402
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from local_airflow import LocalAirflow, free_port  # noqa: E402
+
+T = TypeVar("T")
 FAST_RETRY = RetryPolicy(max_attempts=5, backoff_base=0.01, backoff_max=0.05, budget=20)
 
 
@@ -242,3 +249,35 @@ def assert_paid_exactly_once(ledger: Ledger, sandbox: FeishuSandbox) -> None:
     orders = [entry["external_order_id"] for entry in sandbox.state()["ledger"]]
     assert len(orders) == len(set(orders)), "Feishu saw one order id twice as a new withdrawal"
     assert ledger_payroll(ledger) == truth
+
+
+def wait_for(check: Callable[[], T], what: str, timeout: float = 240.0) -> T:
+    """Poll until ``check`` is truthy; a hang fails after ``timeout`` (generous: the machine is shared)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: still {value!r} after {timeout:.0f}s")
+        time.sleep(0.5)
+
+
+@contextmanager
+def local_airflow(tmp_path: Path, sandbox: FeishuSandbox) -> Iterator[LocalAirflow]:
+    """``airflow standalone`` (api-server, scheduler, dag-processor, triggerer) on the example DAGs, on free ports.
+
+    Its ``feishu_hire_default`` points at ``sandbox``; the ledger is ``tmp_path/ledger.db``.
+    """
+    local = LocalAirflow(tmp_path / "home", port=free_port(), sandbox_port=free_port(), free_log_ports=True)
+    # Environment connections win over the one LocalAirflow stores for its own sandbox.
+    local.env.update(
+        AIRFLOW_CONN_FEISHU_HIRE_DEFAULT=connection_json(sandbox.url),
+        AIRFLOW_CONN_FEISHU_HIRE_LEDGER=json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "ledger.db")}),
+        AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY="1",
+    )
+    try:
+        local.start(log=tmp_path / "standalone.log")
+        yield local
+    finally:
+        local.stop()

@@ -120,13 +120,16 @@ class ReferralPayoutApprovalOperator(ApprovalOperator):
         return {"chosen_options": [self.APPROVE], "responded_by_user": None}
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
-        result = super().execute_complete(context, event)
-        user = result.get("responded_by_user") or {}
-        who = str(user.get("name") or user.get("id") or "unknown") if isinstance(user, dict) else str(user)
-        decision = result["chosen_options"][0]
-        self._record(context, decision, who, result.get("responded_at"))
-        self.log.info("%s by %s", "Approved" if decision == self.APPROVE else "Rejected: nothing is paid", who)
-        return result
+        # Recorded before the parent acts on it: a rejection skips the downstream tasks by
+        # raising, so nothing after the parent's call would run.
+        if "error" not in event:  # a timeout or trigger error: the parent raises, nobody decided
+            self.validate_chosen_options(event["chosen_options"])
+            user = event.get("responded_by_user") or {}
+            who = str(user.get("name") or user.get("id") or "unknown") if isinstance(user, dict) else str(user)
+            decision = event["chosen_options"][0]
+            self._record(context, decision, who, event.get("responded_at"))
+            self.log.info("%s by %s", "Approved" if decision == self.APPROVE else "Rejected: nothing is paid", who)
+        return super().execute_complete(context, event)
 
     def _record(self, context: Context, decision: str, who: str, when: Any = None) -> None:
         from datetime import datetime, timezone

@@ -1,0 +1,197 @@
+"""Four eyes in a real Airflow: nothing is paid until a person approves, a rejection pays nothing, both are recorded.
+
+``airflow standalone`` runs the example payroll DAG with ``require_approval`` on. The
+decisions go through Airflow's own human-in-the-loop REST API, as the UI's Approve and
+Reject buttons send them (the browser test presses the buttons themselves). The payroll
+asset then starts the example import DAG. Checked against the sandbox's own ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_feishu_hire.ledger import Ledger
+from airflow_provider_feishu_hire.sandbox import Account, FeishuSandbox
+from tests.conftest import LocalAirflow, assert_paid_exactly_once, local_airflow, wait_for
+
+DAG_ID = "example_feishu_referral_payroll"
+IMPORT_DAG_ID = "example_feishu_payroll_import"
+ACCOUNTS = [
+    Account("7500000000000000001", point_bonus=300, cash_bonus={"CNY": Decimal("1200.50")}),
+    Account("7500000000000000002", point_bonus=20, cash_bonus={"CNY": Decimal("0.05")}),
+]
+IDS = [a.account_id for a in ACCOUNTS]
+
+
+@pytest.fixture
+def sandbox() -> Iterator[FeishuSandbox]:
+    with FeishuSandbox(ACCOUNTS, rate_limits=False) as running:
+        # The event-driven example DAG is in the same folder: keep its long connection out,
+        # so only the runs this test starts pay anyone.
+        running.inject("busy", endpoint="ws_endpoint", times=1_000_000)
+        yield running
+
+
+@pytest.fixture
+def airflow(tmp_path: Path, sandbox: FeishuSandbox) -> Iterator[LocalAirflow]:
+    with local_airflow(tmp_path, sandbox) as running:
+        yield running
+
+
+class Api:
+    """Airflow's public REST API, logged in as the admin (the simple auth manager's generated password)."""
+
+    def __init__(self, local: LocalAirflow) -> None:
+        self.url = local.url
+        passwords = json.loads((local.home / "simple_auth_manager_passwords.json.generated").read_text())
+        answer = self._send("POST", "/auth/token", {"username": "admin", "password": passwords["admin"]}, None)
+        self.token = answer["access_token"]
+
+    def __call__(self, method: str, path: str, body: object = None) -> Any:
+        return self._send(method, "/api/v2" + path, body, self.token)
+
+    def _send(self, method: str, path: str, body: object, token: str | None) -> Any:
+        request = urllib.request.Request(
+            self.url + path,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"null")
+
+    def try_get(self, path: str) -> Any:
+        """The answer, or None while it is not there yet (404) or the api-server's SQLite is busy (500)."""
+        try:
+            return self("GET", path)
+        except urllib.error.HTTPError as exc:
+            if exc.code in (404, 500):
+                return None
+            raise
+
+
+def trigger(api: Api, conf: dict[str, Any], run_id: str) -> str:
+    """Start a run under a chosen id, so a retry after a lost answer (SQLite busy: HTTP 500) cannot start two."""
+    body = {"dag_run_id": run_id, "logical_date": None, "conf": conf}
+    for _ in range(5):
+        try:
+            return str(api("POST", f"/dags/{DAG_ID}/dagRuns", body)["dag_run_id"])
+        except urllib.error.HTTPError as exc:
+            if exc.code == 409:
+                return run_id
+            if exc.code != 500:
+                raise
+    raise AssertionError(f"could not start {run_id}")
+
+
+def decide(api: Api, run_id: str, option: str) -> dict[str, Any]:
+    """Answer the approval as a person would, and again if Airflow asks again; return what it showed.
+
+    Airflow 3.3.2 can lose an answer given while the scheduler is still settling the parked
+    task (its resumed process is told to stop, and the retry asks again). Money never moves
+    on a lost answer: only an answer that reaches the task lets the withdrawals run. A
+    person sees the new request and answers it; so does this test, at most three times.
+    """
+    path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/approve_payout/-1/hitlDetails"
+    ti = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/approve_payout"
+    waiting = ("awaiting_input", "deferred")  # Airflow 3.3 parks the task; 3.2 defers it to the triggerer
+
+    def pending() -> dict[str, Any] | None:
+        detail = api.try_get(path)
+        state = (api.try_get(ti) or {}).get("state")
+        return detail if detail and not detail["response_received"] and state in waiting else None
+
+    def answered_or_asked_again() -> str | None:
+        state = (api.try_get(ti) or {}).get("state")
+        if state in ("success", "skipped", "failed", "upstream_failed"):
+            return "answered"
+        return "asked again" if pending() else None
+
+    shown = None
+    for _ in range(3):
+        asked = wait_for(pending, "the approval to ask a person", timeout=300)
+        shown = shown or dict(asked)
+        time.sleep(2)  # reading the totals
+        api("PATCH", path, {"chosen_options": [option], "params_input": {}})
+        if wait_for(answered_or_asked_again, "the approval to take the answer", timeout=300) == "answered":
+            return shown
+    raise AssertionError(f"Airflow lost every answer to the approval of {run_id}")
+
+
+def run_state(api: Api, run_id: str) -> str | None:
+    state = (api.try_get(f"/dags/{DAG_ID}/dagRuns/{run_id}") or {}).get("state")
+    return state if state in ("success", "failed") else None
+
+
+def test_only_an_approval_pays_and_every_decision_is_recorded(
+    sandbox: FeishuSandbox, airflow: LocalAirflow, tmp_path: Path
+) -> None:
+    api = Api(airflow)
+    wait_for(lambda: api.try_get(f"/dags/{DAG_ID}"), "the DAG to be parsed")
+    conf = {"referral_account_ids": IDS, "require_approval": True}
+
+    approved = trigger(api, conf, "approved")
+    asked = decide_after_checking_nothing_paid(api, sandbox, approved)
+    assert asked["subject"] == "Pay 2 referral accounts: 320 points, 1200.55 CNY?"
+    assert "| 7500000000000000001 | 300 | 1200.50 CNY |" in asked["body"]
+    assert wait_for(lambda: run_state(api, approved), "the approved run to finish", timeout=300) == "success"
+    assert {e["referral_account_id"] for e in sandbox.state()["ledger"]} == set(IDS)
+
+    for account in ACCOUNTS:  # new bonuses, then a run that a person rejects
+        sandbox.credit(account.account_id, point_bonus=1)
+    rejected = trigger(api, conf, "rejected")
+    decide(api, rejected, "Reject")
+    wait_for(lambda: run_state(api, rejected), "the rejected run to finish", timeout=300)
+    states = {
+        ti["task_id"]: ti["state"]
+        for ti in api("GET", f"/dags/{DAG_ID}/dagRuns/{rejected}/taskInstances")["task_instances"]
+    }
+    assert states["withdraw_referral_account"] == states["export_payroll"] == "skipped"
+    assert len(sandbox.state()["ledger"]) == len(IDS)  # the rejection paid nothing
+
+    with Ledger(lambda: sqlite3.connect(tmp_path / "ledger.db", isolation_level=None), "sqlite") as ledger:
+        assert_paid_exactly_once(ledger, sandbox)
+        approvals, rejections = ledger.approvals(DAG_ID, approved), ledger.approvals(DAG_ID, rejected)
+    # One record per answer that reached the task (one, unless Airflow asked again).
+    assert {a.decision for a in approvals} == {"Approve"} and {r.decision for r in rejections} == {"Reject"}
+    yes, no = approvals[-1], rejections[-1]
+    assert (yes.decision, yes.decided_by, yes.accounts, yes.point_bonus, yes.cash_bonus) == (
+        "Approve",
+        "admin",
+        2,
+        320,
+        {"CNY": "1200.55"},
+    )
+    assert (no.decision, no.decided_by, no.point_bonus) == ("Reject", "admin", 2)
+
+    # The payroll asset started the import DAG once, with the approved run's totals.
+    imports = wait_for(
+        lambda: [r for r in api("GET", f"/dags/{IMPORT_DAG_ID}/dagRuns")["dag_runs"] if r["state"] == "success"],
+        "the payroll import DAG to run on the asset",
+    )
+    assert [r["run_type"] for r in imports] == ["asset_triggered"]
+    query = urllib.parse.urlencode({"source_dag_id": DAG_ID, "source_run_id": approved})
+    (event,) = api("GET", f"/assets/events?{query}")["asset_events"]
+    assert (event["extra"]["accounts"], event["extra"]["point_bonus"], event["extra"]["cash_bonus"]) == (
+        2,
+        320,
+        {"CNY": "1200.55"},
+    )
+
+
+def decide_after_checking_nothing_paid(api: Api, sandbox: FeishuSandbox, run_id: str) -> dict[str, Any]:
+    path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/approve_payout/-1/hitlDetails"
+    wait_for(lambda: api.try_get(path), "the approval to ask a person", timeout=300)
+    assert sandbox.state()["ledger"] == []  # asked, and nothing has moved yet
+    return decide(api, run_id, "Approve")
