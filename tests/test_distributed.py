@@ -87,6 +87,9 @@ def feishu() -> Iterator[FeishuSandbox]:
     """
     everyone = [*demo_accounts(), *BOTH_EXAMPLES, *TASK_KILLED, *WORKER_KILLED, *FAULTS, *ORPHANED]
     with FeishuSandbox(everyone) as sandbox:
+        # The event-driven example DAG is on the stack too: keep its long connection out, so
+        # only the runs these scenarios start withdraw anything.
+        sandbox.inject("busy", endpoint="ws_endpoint", times=1_000_000)
         yield sandbox
 
 
@@ -254,8 +257,9 @@ def finish(stack: CeleryStack, dag_id: str, run_id: str, timeout: float = 180) -
 def test_both_examples_run_across_both_workers_and_pay_exactly_once(
     stack: CeleryStack, feishu: FeishuSandbox, ledger: Ledger
 ) -> None:
-    mapped = stack.trigger(PAYROLL_DAG, {})  # its default account list: the sandbox's demo accounts
-    batch = stack.trigger(BATCH_DAG, {"referral_account_ids": ids(BOTH_EXAMPLES)})
+    # Its default account list (the sandbox's demo accounts); unattended, as test_approval_dag covers approval.
+    mapped = stack.trigger(PAYROLL_DAG, {"require_approval": False})
+    batch = stack.trigger(BATCH_DAG, {"referral_account_ids": ids(BOTH_EXAMPLES), "require_approval": False})
     finish(stack, PAYROLL_DAG, mapped)
     finish(stack, BATCH_DAG, batch)
 
@@ -273,7 +277,7 @@ def test_a_batch_whose_process_is_killed_mid_run_is_resumed_by_its_retry_and_pay
     stack: CeleryStack, feishu: FeishuSandbox, ledger: Ledger
 ) -> None:
     """SIGKILL with withdrawals in flight: the retry, on whichever worker, carries over and resends."""
-    run = stack.trigger(BATCH_DAG, {"referral_account_ids": ids(TASK_KILLED)})
+    run = stack.trigger(BATCH_DAG, {"referral_account_ids": ids(TASK_KILLED), "require_approval": False})
     (ti,) = wait_until(lambda: running(stack, BATCH_DAG, run, BATCH_WITHDRAW), 90, "the batch to run")
     wait_until(lambda: paid_so_far(feishu, TASK_KILLED) >= 8, 60, "the batch to pay 8 accounts")
     pid = wait_until(lambda: stack.task_pid(ti["id"]), 10, "the batch's process")
@@ -296,7 +300,7 @@ def test_a_worker_killed_during_a_mapped_run_loses_nothing_and_pays_nothing_twic
 ) -> None:
     """The machine dies: its tasks are failed after the heartbeat timeout and retried; it comes back empty."""
     feishu.inject("slow", seconds=3.0, times=len(WORKER_KILLED))  # each withdrawal takes 3 s: killed in flight
-    run = stack.trigger(PAYROLL_DAG, {"referral_account_ids": ids(WORKER_KILLED)})
+    run = stack.trigger(PAYROLL_DAG, {"referral_account_ids": ids(WORKER_KILLED), "require_approval": False})
     first = wait_until(lambda: running(stack, PAYROLL_DAG, run, WITHDRAW), 90, "a withdrawal to run")
     victim = first[0]["hostname"]
     time.sleep(1.5)  # its call to Feishu is under way
@@ -330,7 +334,7 @@ def test_faults_from_feishu_during_a_mapped_run_never_pay_twice(
         )
         with urllib.request.urlopen(request) as answer:
             assert json.loads(answer.read())["code"] == 0
-    run = stack.trigger(PAYROLL_DAG, {"referral_account_ids": ids(FAULTS)})
+    run = stack.trigger(PAYROLL_DAG, {"referral_account_ids": ids(FAULTS), "require_approval": False})
 
     finish(stack, PAYROLL_DAG, run)
     assert feishu.faults == []  # every fault was met
@@ -350,7 +354,7 @@ def test_an_orphaned_task_still_paying_beside_its_retry_pays_nothing_twice(
     Nobody heartbeats for the task, so Airflow starts try 2 on a worker while try 1 is
     still sending; both claim the same order ids in the ledger.
     """
-    run = stack.trigger(BATCH_DAG, {"referral_account_ids": ids(ORPHANED)})
+    run = stack.trigger(BATCH_DAG, {"referral_account_ids": ids(ORPHANED), "require_approval": False})
     (ti,) = wait_until(lambda: running(stack, BATCH_DAG, run, BATCH_WITHDRAW), 90, "the batch to run")
     wait_until(lambda: paid_so_far(feishu, ORPHANED) >= 4, 60, "the batch to pay 4 accounts")
     orphan = wait_until(lambda: stack.task_pid(ti["id"]), 10, "the batch's process")
