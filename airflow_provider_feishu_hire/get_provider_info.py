@@ -56,13 +56,17 @@ def get_provider_info() -> dict[str, Any]:
                 "connection-type": "feishu_hire",
                 "hook-class-name": "airflow_provider_feishu_hire.hooks.feishu_hire.FeishuHireHook",
                 "hook-name": "Feishu Hire",
+                # Port stays in the form: Airflow 3.3.2's connection list tests a connection that
+                # has no port with port 0 and refuses it (Bad Request). A stored port avoids that;
+                # the hook adds it to a base URL that names no port of its own.
                 "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port", "extra"],
+                    "hidden-fields": ["schema", "extra"],
                     "relabeling": {"login": "App ID", "password": "App Secret", "host": "API base URL"},
                     "placeholders": {
                         "login": "cli_a1b2c3d4e5f6g7h8",
                         "password": "App Secret from the app's Credentials page",
                         "host": "https://open.feishu.cn (Feishu, default) or https://open.larksuite.com (Lark)",
+                        "port": "443 (needed by Test on Airflow 3.3.2)",
                     },
                 },
                 "conn-fields": {
