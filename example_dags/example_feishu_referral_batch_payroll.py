@@ -38,7 +38,8 @@ OUTPUT_DIR_HELP = (
     tags=["feishu", "payroll", "example"],
     params={
         "referral_account_ids": Param([], type="array", items=ACCOUNT_ID, minItems=1),
-        "output_dir": Param("", type="string", description=OUTPUT_DIR_HELP),
+        # null, not "": Airflow 3.3.2's trigger form will not submit an empty string.
+        "output_dir": Param(None, type=["null", "string"], description=OUTPUT_DIR_HELP),
         "require_approval": Param(True, type="boolean", description=APPROVAL_HELP),
     },
     render_template_as_native_obj=True,  # the account list reaches the operators as a list
@@ -63,7 +64,7 @@ def example_feishu_referral_batch_payroll() -> None:
         ReferralPayrollOperator(
             task_id="export_payroll",
             referral_account_ids="{{ params.referral_account_ids }}",
-            output_dir="{{ params.output_dir }}",
+            output_dir="{{ params.output_dir or '' }}",
             trigger_rule="all_done",
         ),
         ReferralReconcileOperator(task_id="reconcile_with_feishu", trigger_rule="all_done"),

@@ -52,7 +52,8 @@ OUTPUT_DIR_HELP = (
         "referral_account_ids": Param(
             SANDBOX_ACCOUNT_IDS, type="array", items=ACCOUNT_ID, minItems=1, description="Referral account ids"
         ),
-        "output_dir": Param("", type="string", description=OUTPUT_DIR_HELP),
+        # null, not "": Airflow 3.3.2's trigger form will not submit an empty string.
+        "output_dir": Param(None, type=["null", "string"], description=OUTPUT_DIR_HELP),
         "require_approval": Param(True, type="boolean", description=APPROVAL_HELP),
     },
     # The delay between tries is the deployment's [core] default_task_retry_delay.
@@ -83,7 +84,7 @@ def example_feishu_referral_payroll() -> None:
         ReferralPayrollOperator(
             task_id="export_payroll",
             referral_account_ids="{{ params.referral_account_ids }}",
-            output_dir="{{ params.output_dir }}",
+            output_dir="{{ params.output_dir or '' }}",
             trigger_rule="all_done",
         ),
         ReferralReconcileOperator(task_id="reconcile_with_feishu", trigger_rule="all_done"),
