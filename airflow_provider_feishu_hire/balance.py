@@ -16,7 +16,7 @@ from airflow_provider_feishu_hire.withdrawal import UnreadableAnswer, cash_items
 
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _CENT = Decimal("0.01")
-ENABLED = 1  # get_account_assets' status: 1 enabled, 2 deactivated
+DEACTIVATED = 2  # get_account_assets' status: 1 enabled, 2 deactivated
 # One balance read a second at most per sensor: a tenth of Feishu's 10 a second for the
 # app, so several sensors and the payout's own pre-checks still fit beside it.
 MIN_POKE_INTERVAL = 1.0
@@ -148,4 +148,5 @@ def parse_account_assets(referral_account_id: str, data: Mapping[str, Any]) -> B
     if not isinstance(bonus, Mapping):
         raise UnreadableAnswer(f"referral account {referral_account_id}'s answer has no assets.confirmed_bonus")
     points, cash = parse_bonus(bonus)
-    return Balance(referral_account_id, account.get("status") == ENABLED, points, cash)
+    # Only a stated deactivation counts: an answer without a status is not read as one.
+    return Balance(referral_account_id, account.get("status") != DEACTIVATED, points, cash)

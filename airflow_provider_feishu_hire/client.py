@@ -231,18 +231,17 @@ TokenStep = tuple[str, dict[str, Any]]
 
 def tenant_token_flow(
     app_id: str, app_secret: str, app_type: str, tenant_key: str | None, app_ticket: str | None
-) -> Generator[TokenStep, dict[str, Any], tuple[str, float, list[str]]]:
+) -> Generator[TokenStep, dict[str, Any], tuple[str, float]]:
     """An app's token calls without the I/O, so the client and the async trigger share them.
 
-    Yields ``(path, JSON body)`` for each POST; send Feishu's successful answer back in.
-    Returns the tenant_access_token, its lifetime in seconds, and every token issued on
-    the way (for the secret masker). A custom app needs one call; a store app two, the
-    first with the ``app_ticket`` Feishu pushed to it.
+    Yields ``(path, JSON body)`` for each POST; send Feishu's successful answer back in,
+    after registering its :func:`issued_tokens` with the secret masker. Returns the
+    tenant_access_token and its lifetime in seconds. A custom app needs one call; a store
+    app two, the first with the ``app_ticket`` Feishu pushed to it.
     """
     if app_type == "custom":
         answer = yield TOKEN_PATH, {"app_id": app_id, "app_secret": app_secret}
-        token, expire = _token_field(answer, "tenant_access_token")
-        return token, expire, [token]
+        return _token_field(answer, "tenant_access_token")
     if not app_ticket:
         raise FeishuAPIError(
             "no app_ticket yet: Feishu pushes it to a store (isv) app's event subscription about "
@@ -252,8 +251,16 @@ def tenant_token_flow(
     answer = yield APP_TOKEN_PATH, {"app_id": app_id, "app_secret": app_secret, "app_ticket": app_ticket}
     app_token, _ = _token_field(answer, "app_access_token")
     answer = yield STORE_TENANT_TOKEN_PATH, {"app_access_token": app_token, "tenant_key": tenant_key}
-    token, expire = _token_field(answer, "tenant_access_token")
-    return token, expire, [app_token, token]
+    return _token_field(answer, "tenant_access_token")
+
+
+def issued_tokens(answer: Mapping[str, Any]) -> list[str]:
+    """The tokens in a token answer, to mask the moment it arrives, before any later step can fail and log."""
+    return [
+        token
+        for token in (answer.get("app_access_token"), answer.get("tenant_access_token"))
+        if isinstance(token, str) and token
+    ]
 
 
 def _token_field(answer: Mapping[str, Any], name: str) -> tuple[str, float]:
@@ -353,16 +360,16 @@ class FeishuClient:
             path, body = next(flow)
             while True:
                 answer = self._call("POST", path, context=context, json=body, authorized=False)
+                if self._on_new_token:
+                    for secret in issued_tokens(answer):
+                        self._on_new_token(secret)
                 path, body = flow.send(answer)
         except StopIteration as done:
-            token, expire, issued = done.value
+            token, expire = done.value
         except FeishuAPIError as err:
             if err.code == APP_TICKET_CODE:
                 raise self._ask_for_app_ticket(err) from None
             raise
-        if self._on_new_token:
-            for secret in issued:
-                self._on_new_token(secret)
         self._token = token
         self._token_refresh_at = time.monotonic() + token_refresh_delay(expire)
 

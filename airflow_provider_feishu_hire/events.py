@@ -566,6 +566,8 @@ class LongConnection:
                 log.error("No long-connection endpoint: %s", err)
             except (OSError, asyncio.TimeoutError, WebSocketException) as exc:
                 log.warning("Feishu's event long connection dropped: %s", _reason(exc))
+            except Exception:  # anything unforeseen must not end the payouts: log it, and dial again
+                log.exception("Feishu's event long connection failed unexpectedly")
             connected = self.connections > connected_before
             # After a drop (or at start), a random delay up to ReconnectNonce spreads many
             # clients out; after a failed dial, every ReconnectInterval.

@@ -33,6 +33,7 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_provider_feishu_hire.operators.referral_account",
                     "airflow_provider_feishu_hire.operators.payroll",
                     "airflow_provider_feishu_hire.operators.reconciliation",
+                    "airflow_provider_feishu_hire.operators.approval",
                 ],
             }
         ],

@@ -101,8 +101,9 @@ def preview_payout(client: FeishuClient, account_ids: Sequence[str], bonus_types
     An account Feishu refuses (unknown, no scope) or reports deactivated is listed as not
     payable; a transient error raises, so the task's retry reads again.
     """
-    preview = PayoutPreview(accounts=len(account_ids))
-    for account_id in dict.fromkeys(account_ids):
+    unique = list(dict.fromkeys(account_ids))  # an account listed twice is withdrawn once
+    preview = PayoutPreview(accounts=len(unique))
+    for account_id in unique:
         try:
             balance = parse_account_assets(account_id, client.get_account_assets(account_id))
         except FeishuAPIError as err:

@@ -2,9 +2,10 @@
 
 Feishu's ``/referral_account/reconciliation`` takes our per-account point totals for a
 ``trans_time`` window and lists every account where its own withdrawals disagree. Its docs
-do not say whether ``end_trans_time`` is inclusive. The window sent here therefore ends at
-a millisecond at which the ledger paid nothing, so both readings compare the same set of
-our withdrawals; the ledger's totals are summed over exactly that window.
+do not say whether ``start_trans_time`` and ``end_trans_time`` are inclusive. The window
+sent here therefore starts and ends at milliseconds at which the ledger paid nothing, so
+every reading compares the same set of our withdrawals; the ledger's totals are summed
+over exactly that window.
 """
 
 from __future__ import annotations
@@ -20,27 +21,36 @@ if TYPE_CHECKING:
 
 # How far past the requested end the window may move to find a millisecond with no payment:
 # withdrawals are paced at 100 a minute, so a run of busy milliseconds this long cannot happen.
-_MAX_END_SHIFT = 60_000
+_MAX_SHIFT = 60_000
 
 
 def reconcile(client: FeishuClient, ledger: Ledger, start_trans_time: int, end_trans_time: int) -> Reconciliation:
     """Compare the ledger's points paid in ``[start, end)`` (ms) with Feishu's; return the disagreements.
 
-    The window sent is ``[start, end']``, where ``end'`` is the first millisecond at or
-    after ``end - 1`` with no payment in the ledger: usually ``end - 1`` itself.
+    The window sent is ``[start', end']``: ``start'`` the last millisecond at or before
+    ``start - 1`` with no payment in the ledger, ``end'`` the first at or after ``end - 1``
+    (usually ``start - 1`` and ``end - 1`` themselves). It can therefore reach a little past
+    the requested window, and the recorded window says exactly what was compared.
     """
     if start_trans_time >= end_trans_time:
         raise ValueError(f"start_trans_time {start_trans_time} is not before end_trans_time {end_trans_time}")
     app_id = client.app_id
-    end = end_trans_time - 1
-    while ledger.paid_at(app_id, end):
-        end += 1
-        if end - end_trans_time > _MAX_END_SHIFT:
-            raise ValueError(f"the ledger shows a payment in every millisecond after {end_trans_time}")
-    totals = ledger.point_totals(app_id, start_trans_time, end)
-    failed = client.reconcile_referral_accounts(start_trans_time, end, totals)
+    start = _quiet_millisecond(ledger, app_id, start_trans_time - 1, -1)
+    end = _quiet_millisecond(ledger, app_id, end_trans_time - 1, +1)
+    totals = ledger.point_totals(app_id, start, end)
+    failed = client.reconcile_referral_accounts(start, end, totals)
     mismatches = tuple(_mismatch(entry, totals) for entry in failed)
-    return Reconciliation(app_id, start_trans_time, end, totals, mismatches)
+    return Reconciliation(app_id, start, end, totals, mismatches)
+
+
+def _quiet_millisecond(ledger: Ledger, app_id: str, at: int, step: int) -> int:
+    """The nearest millisecond from ``at`` in the direction of ``step`` at which the ledger paid nothing."""
+    moment = at
+    while ledger.paid_at(app_id, moment):
+        moment += step
+        if abs(moment - at) > _MAX_SHIFT:
+            raise ValueError(f"the ledger shows a payment in every millisecond near {at}")
+    return max(moment, 0)
 
 
 def _mismatch(entry: Any, totals: dict[str, int]) -> Mismatch:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -79,7 +80,7 @@ def check_external_order_ids(value: object) -> dict[str, str]:
         check_referral_account_id(account, "external_order_ids account id"): check_external_order_id(order)
         for account, order in value.items()
     }
-    shared = {order for order in orders.values() if list(orders.values()).count(order) > 1}
+    shared = [order for order, uses in Counter(orders.values()).items() if uses > 1]
     if shared:
         raise ValueError(
             f"external_order_ids gives order id {min(shared)} to more than one account: Feishu would answer the "

@@ -61,8 +61,6 @@ def example_feishu_referral_event_payout() -> None:
         """The accounts whose latest event shows a balance, each with the order id of that balance."""
         import logging
 
-        from airflow.sdk.exceptions import AirflowFailException
-
         from airflow_provider_feishu_hire.events import BadEvent, ReferralAssetsUpdate, latest_updates
         from airflow_provider_feishu_hire.withdrawal import derive_external_order_id
 
@@ -79,8 +77,8 @@ def example_feishu_referral_event_payout() -> None:
                 continue  # marked by hand or by another DAG: no balance in it
             try:
                 updates.append(ReferralAssetsUpdate.from_payload((event.extra or {}).get("payload")))
-            except BadEvent as exc:
-                raise AirflowFailException(f"asset event of {event.timestamp}: {exc}") from None
+            except BadEvent as exc:  # one unreadable event must not hold back everyone else's payout
+                logging.getLogger(__name__).error("Skipped the asset event of %s: %s", event.timestamp, exc)
         latest = latest_updates(updates)
         orders = {
             # The balance and its modify_time stand in for the run: a repeat of the event maps to this order id.

@@ -40,15 +40,16 @@ def test_the_ledger_and_feishu_agree_on_what_it_paid(sandbox: FeishuSandbox, led
     assert sandbox.requests["reconciliation"] == 1
 
 
-def test_a_payment_on_the_window_end_is_compared_the_same_under_both_readings(
+def test_payments_on_the_window_ends_are_compared_the_same_under_every_reading(
     sandbox: FeishuSandbox, ledger: Ledger
 ) -> None:
-    """The last payment sits at end - 1, where an exclusive end would drop it: the window moves past it."""
+    """The last payment sits at end - 1 and the first at start, where exclusive ends would drop them."""
     times = pay_all(sandbox, ledger)
     with client_for(sandbox) as client:
         record = reconcile(client, ledger, min(times), max(times) + 1)
-    assert record.end_trans_time > max(times)
+    assert record.end_trans_time > max(times) and record.start_trans_time < min(times)
     assert not ledger.paid_at(record.app_id, record.end_trans_time)
+    assert not ledger.paid_at(record.app_id, record.start_trans_time)  # the first payment sits on the start
     assert record.mismatches == ()
 
 

@@ -37,6 +37,9 @@ class ReferralReconcileOperator(BaseOperator):
     ``start_trans_time`` and ``end_trans_time`` (milliseconds or ISO 8601, end exclusive,
     templated: e.g. a month) choose the window; without them it is this DAG run's, from
     its first to its last payment. A run that paid nothing has nothing to reconcile.
+    Feishu's docs leave open whether the window's ends are inclusive, so each end is moved
+    to the nearest millisecond without a payment (usually by one); the window recorded and
+    returned is the one compared.
     Run it after the payroll export, with ``trigger_rule="all_done"``.
     """
 

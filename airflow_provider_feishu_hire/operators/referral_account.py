@@ -344,30 +344,36 @@ class ReferralAccountRegisterOperator(BaseOperator):
         return super().partial(**kwargs)
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_feishu_hire.exceptions import FeishuAPIError
+
         with input_errors_fail_the_task():
             body = check_referrer(mobile=self.referrer_mobile, mobile_code=self.mobile_code, email=self.referrer_email)
             user_id_type = check_user_id_type(self.user_id_type)
-            referrer = body.get("email") or "mobile:+{code} {number}".format(**body["mobile"])
+            # One key per referrer in the ledger: email addresses compare without case.
+            referrer = (
+                str(body["email"]).lower() if "email" in body else "mobile +{code} {number}".format(**body["mobile"])
+            )
         with feishu_and_ledger(self.feishu_hire_conn_id, self.ledger_conn_id) as (client, ledger):
             known = ledger.registered_account(client.app_id, referrer)
             if known is not None:
                 self.log.info("Referral account %s of %s: registered before, taken from the ledger", known, referrer)
                 return {"referral_account_id": known, "referrer": referrer, "registered_now": False}
             try:
-                with permanent_feishu_errors_fail_the_task():
-                    account = client.register_referral_account(
-                        mobile=self.referrer_mobile,
-                        mobile_code=self.mobile_code,
-                        email=self.referrer_email,
-                        user_id_type=user_id_type,
-                    )
-            except AirflowFailException as exc:
-                if context["ti"].try_number > 1:  # an earlier try may have registered and lost the answer
+                account = client.register_referral_account(
+                    mobile=self.referrer_mobile,
+                    mobile_code=self.mobile_code,
+                    email=self.referrer_email,
+                    user_id_type=user_id_type,
+                )
+            except FeishuAPIError as exc:
+                if exc.retryable:
+                    raise
+                if exc.uncertain or context["ti"].try_number > 1:  # an earlier send may have registered
                     raise AirflowFailException(
-                        f"{exc} — an earlier try of this task may have registered {referrer} and lost Feishu's "
-                        "answer: look the account up in Feishu Hire before registering by hand"
+                        f"{exc} — an earlier attempt may have registered {referrer} and lost Feishu's answer: "
+                        "look the account up in Feishu Hire before registering by hand"
                     ) from None
-                raise
+                raise AirflowFailException(str(exc)) from None
             account_id = str(account["account_id"])
             ledger.record_registration(client.app_id, referrer, account_id)
         self.log.info("Registered referral account %s of %s", account_id, referrer)

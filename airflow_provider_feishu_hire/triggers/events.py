@@ -69,16 +69,19 @@ class FeishuReferralAssetsTrigger(BaseEventTrigger):
 
     async def _endpoint(self, config: ClientConfig) -> Endpoint:
         """Credentials from the connection, read at every dial so a corrected App Secret needs no restart."""
-        from airflow.sdk import BaseHook
-
         from airflow_provider_feishu_hire.events import EndpointError, fetch_endpoint
-        from airflow_provider_feishu_hire.hooks.feishu_hire import connection_settings
+        from airflow_provider_feishu_hire.triggers.referral_account import connection_settings_async
 
         try:
-            conn = await BaseHook.aget_connection(self.feishu_hire_conn_id)
-            settings = connection_settings(conn, conn.extra_dejson if isinstance(conn.extra_dejson, dict) else {})
+            settings = await connection_settings_async(self.feishu_hire_conn_id)
         except Exception as exc:  # missing or wrong now, it may be fixed before the next dial: keep trying
             raise EndpointError(f"connection {self.feishu_hire_conn_id}: {exc}") from None
+        if settings.app_type != "custom":
+            # Feishu documents the event long connection for self-built apps only.
+            raise EndpointError(
+                f"connection {self.feishu_hire_conn_id} is a store (isv) app's: Feishu's event long connection "
+                "serves self-built apps; use a self-built app's connection for event-driven payouts"
+            )
         return await asyncio.to_thread(
             fetch_endpoint, settings.base_url, settings.app_id, settings.app_secret, timeout=settings.timeout,
             config=config,

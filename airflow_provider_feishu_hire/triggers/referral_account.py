@@ -30,6 +30,7 @@ from airflow_provider_feishu_hire.balance import (
 from airflow_provider_feishu_hire.client import (
     ACCOUNT_ASSETS_PATH,
     APP_TICKET_RESEND_PATH,
+    issued_tokens,
     parse_envelope,
     tenant_token_flow,
     token_refresh_delay,
@@ -81,7 +82,7 @@ class ReferralBalanceTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
-            settings = await _connection_settings(self.feishu_hire_conn_id)
+            settings = await connection_settings_async(self.feishu_hire_conn_id)
         except ValueError as exc:
             yield _error(f"connection {self.feishu_hire_conn_id}: {exc}")
             return
@@ -138,7 +139,7 @@ def _error(message: str) -> TriggerEvent:
     return TriggerEvent({"status": "error", "message": message})
 
 
-async def _connection_settings(conn_id: str) -> FeishuConnectionSettings:
+async def connection_settings_async(conn_id: str) -> FeishuConnectionSettings:
     """The connection read without blocking the triggerer's event loop, on every supported Airflow.
 
     Airflow 3.3.2 masks a connection's secrets asynchronously (``aget_connection`` and
@@ -208,11 +209,11 @@ class _AsyncFeishu:
             path, body = next(flow)
             while True:
                 answer = await self._send("POST", path, json=body)
+                for secret in issued_tokens(answer):
+                    await _mask(secret)
                 path, body = flow.send(answer)
         except StopIteration as done:
-            token, expire, issued = done.value
-        for secret in issued:
-            await _mask(secret)
+            token, expire = done.value
         self._token, self._refresh_at = token, time.monotonic() + token_refresh_delay(expire)
         self._ticket_asked = False
         return token
