@@ -46,7 +46,12 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from airflow_provider_feishu_hire.client import _is_loopback, check_base_url, parse_envelope
 from airflow_provider_feishu_hire.exceptions import FeishuAPIError
-from airflow_provider_feishu_hire.withdrawal import check_referral_account_id, format_money
+from airflow_provider_feishu_hire.withdrawal import (
+    UnreadableAnswer,
+    check_referral_account_id,
+    format_money,
+    parse_bonus,
+)
 
 log = logging.getLogger(__name__)
 # websockets logs the handshake's request line, URL and ticket included, at DEBUG: its
@@ -450,37 +455,15 @@ def _update(
         account = check_referral_account_id(account_id, f"{where}.account_id")
     except (TypeError, ValueError) as exc:
         raise BadEvent(f"event {event_id}: {exc}") from None
-    if points is None:
-        points = 0
-    if isinstance(points, (Decimal, str)) and not isinstance(points, bool):
-        try:
-            number = Decimal(str(points))
-            points = int(number) if number == number.to_integral_value() else points
-        except ArithmeticError:
-            pass
-    if isinstance(points, bool) or not isinstance(points, int) or points < 0:
-        raise BadEvent(f"event {event_id}: point_bonus {points!r} is not a whole number of points")
-    amounts: dict[str, Decimal] = {}
-    for item in cash or [] if isinstance(cash, list) or cash is None else [cash]:
-        currency = item.get("currency_type") if isinstance(item, Mapping) else None
-        amount = _amount(item.get("amount") if isinstance(item, Mapping) else None)
-        if not isinstance(currency, str) or not currency.strip() or amount is None:
-            raise BadEvent(f"event {event_id}: cash_bonus item {item!r} has no currency_type and exact amount")
-        amounts[currency] = amounts.get(currency, Decimal(0)) + amount
+    bonus = {"point_bonus": points} if points is not None else {}  # Feishu omits empty fields
+    try:
+        whole_points, amounts = parse_bonus({**bonus, "cash_bonus": cash})
+    except UnreadableAnswer as exc:
+        raise BadEvent(f"event {event_id}: {exc}") from None
     text = str(modify_time).strip() if isinstance(modify_time, (str, int)) and not isinstance(modify_time, bool) else ""
     if not text.isdigit() or len(text) > 16:
         raise BadEvent(f"event {event_id}: {where}.modify_time {modify_time!r} is not milliseconds since the epoch")
-    return ReferralAssetsUpdate(event_id, account, points, amounts, int(text))
-
-
-def _amount(value: object) -> Decimal | None:
-    if isinstance(value, bool) or not isinstance(value, (int, str, Decimal)):
-        return None  # null, a float (never produced by our parser), a list...
-    try:
-        amount = Decimal(str(value).strip())
-    except ArithmeticError:
-        return None
-    return amount if amount.is_finite() and amount >= 0 else None
+    return ReferralAssetsUpdate(event_id, account, whole_points, amounts, int(text))
 
 
 def latest_updates(updates: Iterable[ReferralAssetsUpdate]) -> list[ReferralAssetsUpdate]:
