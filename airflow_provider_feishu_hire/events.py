@@ -10,15 +10,25 @@ has to be reachable from the internet:
    :func:`decode_frame`); control frames carry ``ping``/``pong``, data frames carry events,
    split into ``sum`` parts when large (:class:`Reassembly`).
 3. Each data frame is acknowledged by sending it back with the payload ``{"code": 200}``;
-   an event that is not acknowledged is delivered again. :meth:`LongConnection.updates`
-   acknowledges an event only when its consumer asks for the next one, i.e. after the
-   consumer has taken it.
+   an event that is not acknowledged is delivered again. :meth:`LongConnection.deliveries`
+   hands out each message unacknowledged, as a :class:`Delivery`, and
+   :meth:`LongConnection.acknowledge` answers it when its consumer says so (Airflow 3.3's
+   ack mode: once the asset event is stored); :meth:`LongConnection.updates` acknowledges
+   an event when its consumer asks for the next one (Airflow 3.2: once Airflow has taken it).
 4. A dropped connection is dialled again after a random delay up to ``ReconnectNonce``,
    then every ``ReconnectInterval``, for ever.
 
 Delivery is at least once: the same ``event_id`` can come again, and events can come out
 of order (``modify_time`` orders one account's changes). :class:`SeenEvents` drops repeats
 cheaply; what makes a repeat harmless is the withdrawal's order id (see the example DAG).
+
+A hostile or broken server cannot hurt the triggerer: every unreadable event or data
+frame becomes a :class:`Delivery` with a ``problem``, is logged once and kept in
+:attr:`LongConnection.rejected`, and is acknowledged so that it is not delivered again
+(Feishu has no "rejected" answer; the balance it was about stays in Feishu for the next
+event or the sweep). Nothing a server sends ends a connection except a frame over
+:data:`MAX_FRAME_BYTES`. The settings a server sends are clamped (``*_RANGE``), and split
+messages are capped in parts and bytes, so memory stays bounded under a flood.
 
 The frame codec uses ``google.protobuf`` with the message types built at runtime from
 their field list, in a private descriptor pool, so nothing is generated and an installed
@@ -29,11 +39,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import math
 import random
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -85,10 +97,48 @@ METHOD_DATA = 1
 TYPE_PING, TYPE_PONG, TYPE_EVENT = "ping", "pong", "event"
 ACK_PAYLOAD = b'{"code":200}'
 
-# Split payloads whose parts stop arriving are forgotten after this long, and at most this
-# many are kept at once, so a server that never finishes one cannot grow memory.
-PARTS_TTL_SECONDS = 300.0
+# -- what a server may set or send: each bound keeps one hostile or broken server from
+# harming the triggerer it shares with every other trigger.
+
+RECONNECT_INTERVAL_RANGE = (1.0, 600.0)
+"""Seconds between dials after a failed one. Feishu's default is 120; below 1 s a server
+answering ``0`` would have us hammer ``/callback/ws/endpoint`` (186,112 requests a second
+were measured), above 10 minutes a typo would stall payouts until the sweep."""
+
+RECONNECT_NONCE_RANGE = (0.0, 600.0)
+"""The upper end of the random delay before dialling again after a drop (default 30 s);
+0 is legitimate (no spreading), and :data:`MIN_RECONNECT_DELAY` still applies."""
+
+MIN_RECONNECT_DELAY = 1.0
+"""No dial follows the previous one sooner than this, whatever the settings: a server that
+accepts and at once closes every connection costs at most one endpoint request and one
+dial a second."""
+
+PING_INTERVAL_RANGE = (1.0, 300.0)
+"""Seconds between our ``ping`` frames (default 120). A server's ``0.001`` would be a ping
+flood of our own making; above 5 minutes a server may think us gone (the WebSocket's own
+keepalive still notices a dead peer)."""
+
+MAX_FRAME_BYTES = 1 << 20
+"""The WebSocket's ``max_size``: a bigger message closes the connection (1009) before it is
+read into memory. A referral event is under 1 KiB and Feishu splits big payloads into
+parts (``sum``/``seq``), so a real frame stays far below it."""
+
+MAX_MESSAGE_BYTES = 1 << 20
+"""The largest event we read, its split parts joined; a bigger one is rejected."""
+
+MAX_SPLIT_PARTS = 64
+"""The most parts (``sum``) one message may be split into; more is rejected at once."""
+
 MAX_PARTIAL_MESSAGES = 64
+MAX_PARTIAL_BYTES = 4 << 20
+PARTS_TTL_SECONDS = 300.0
+"""Split messages whose parts have not all come: at most this many, holding at most this
+many bytes, for at most this long; the oldest is forgotten first (it is not acknowledged,
+so Feishu delivers it again). A server that never finishes its messages cannot grow memory."""
+
+REJECTIONS_KEPT = 100
+"""Rejected frames and events kept in :attr:`LongConnection.rejected` for inspection."""
 
 
 class EndpointError(Exception):
@@ -104,7 +154,11 @@ class FrameError(ValueError):
 
 
 class BadEvent(ValueError):
-    """An event whose content cannot be read exactly; the message names the field."""
+    """An event whose content cannot be read exactly; the message names the field, ``event_id`` the event if known."""
+
+    def __init__(self, message: str, event_id: str | None = None) -> None:
+        super().__init__(message)
+        self.event_id = event_id
 
 
 # -- the endpoint ----------------------------------------------------------------------------
@@ -124,24 +178,40 @@ class ClientConfig:
     ping_interval: float = 120.0
 
     def updated(self, answer: object) -> ClientConfig:
-        """These settings with the ones a ``ClientConfig`` object from Feishu names; unusable values are ignored."""
+        """These settings with the ones a ``ClientConfig`` object from Feishu names, each clamped to its range.
+
+        A value out of its range (``*_RANGE``) is clamped and logged; one that is not a
+        number, or not a finite one, is ignored. Feishu sends these with every endpoint
+        answer and may send them with any ``pong``: a server must not be able to set a
+        ping flood or a reconnect storm.
+        """
         if not isinstance(answer, Mapping):
             return self
         changes: dict[str, Any] = {}
-        for key, name in (
-            ("ReconnectCount", "reconnect_count"),
-            ("ReconnectInterval", "reconnect_interval"),
-            ("ReconnectNonce", "reconnect_nonce"),
-            ("PingInterval", "ping_interval"),
-        ):
+        count = answer.get("ReconnectCount")
+        if isinstance(count, int) and not isinstance(count, bool):
+            changes["reconnect_count"] = count
+        for key, name, (low, high) in _CLAMPED_SETTINGS:
             value = answer.get(key)
             if isinstance(value, bool) or not isinstance(value, (int, Decimal, float)):
                 continue
-            if name == "reconnect_count":
-                changes[name] = int(value)
-            elif value >= 0 and (name != "ping_interval" or value > 0):
-                changes[name] = float(value)
+            number = float(value)
+            if math.isnan(number):
+                continue
+            clamped = min(max(number, low), high)
+            if clamped != number and clamped != getattr(self, name):
+                log.warning(
+                    "Feishu set %s to %s; using %s, the nearest value in [%s, %s]", key, value, clamped, low, high
+                )
+            changes[name] = clamped
         return replace(self, **changes)
+
+
+_CLAMPED_SETTINGS = (
+    ("ReconnectInterval", "reconnect_interval", RECONNECT_INTERVAL_RANGE),
+    ("ReconnectNonce", "reconnect_nonce", RECONNECT_NONCE_RANGE),
+    ("PingInterval", "ping_interval", PING_INTERVAL_RANGE),
+)
 
 
 @dataclass(frozen=True)
@@ -172,7 +242,7 @@ def check_ws_url(url: object) -> tuple[str, int]:
             "network in clear; only loopback (the sandbox) may use ws://"
         )
     service = parse_qs(parts.query).get("service_id", [""])[0]
-    if not service.isdigit():
+    if not (service.isascii() and service.isdigit()):
         raise EndpointError("the endpoint's URL carries no numeric service_id")
     return url, int(service)
 
@@ -326,34 +396,65 @@ def ack_frame(frame: Frame, handled_ms: int) -> Frame:
 
 
 class Reassembly:
-    """Joins the ``seq`` parts (0 to ``sum`` - 1) of one ``message_id``; parts may come in any order, or twice."""
+    """Joins the ``seq`` parts (0 to ``sum`` - 1) of one ``message_id``; parts may come in any order, or twice.
 
-    def __init__(self, ttl: float = PARTS_TTL_SECONDS, limit: int = MAX_PARTIAL_MESSAGES) -> None:
-        self.ttl, self.limit = ttl, limit
-        self._parts: OrderedDict[str, tuple[float, int, dict[int, bytes]]] = OrderedDict()
+    Bounded whatever a server sends: a message may have at most :data:`MAX_SPLIT_PARTS`
+    parts and :data:`MAX_MESSAGE_BYTES` bytes (else :class:`FrameError`), and the unfinished
+    ones together at most :data:`MAX_PARTIAL_MESSAGES` messages and :data:`MAX_PARTIAL_BYTES`
+    bytes, each for :data:`PARTS_TTL_SECONDS` (else the oldest is forgotten).
+    """
+
+    def __init__(self) -> None:
+        self._parts: OrderedDict[str, tuple[float, dict[int, bytes]]] = OrderedDict()
+        self._bytes = 0  # payload bytes held in _parts
 
     def add(self, frame: Frame) -> bytes | None:
         """The whole payload once every part is in (at once for an unsplit frame), else None."""
         total = frame.int_header("sum", 1)
         if total <= 1:
+            if len(frame.payload) > MAX_MESSAGE_BYTES:
+                raise FrameError(f"a message of {len(frame.payload)} bytes, more than {MAX_MESSAGE_BYTES}")
             return frame.payload
         seq = frame.int_header("seq", 0)
         message_id = frame.header("message_id") or ""
         if not message_id or not 0 <= seq < total:
             raise FrameError(f"split frame part {seq} of {total} without a usable message_id")
-        now = time.monotonic()
-        while self._parts and (len(self._parts) >= self.limit or next(iter(self._parts.values()))[0] < now - self.ttl):
-            dropped, _ = self._parts.popitem(last=False)
-            log.warning("Dropped the incomplete split message %s: its other parts never came", dropped)
-        started, _, parts = self._parts.pop(message_id, (now, total, {}))
+        if total > MAX_SPLIT_PARTS:
+            raise FrameError(f"a message split into {total} parts, more than {MAX_SPLIT_PARTS}")
+        started, parts = self._take(message_id)
         parts[seq] = frame.payload
+        size = sum(map(len, parts.values()))
+        if size > MAX_MESSAGE_BYTES:
+            raise FrameError(f"split message {message_id} has {size} bytes, more than {MAX_MESSAGE_BYTES}")
         if len(parts) == total:
             return b"".join(parts[n] for n in range(total))
-        self._parts[message_id] = (started, total, parts)
+        self._make_room(size, time.monotonic())
+        self._parts[message_id] = (started, parts)
+        self._bytes += size
         return None
+
+    def _take(self, message_id: str) -> tuple[float, dict[int, bytes]]:
+        """The parts of ``message_id`` so far, out of the store (put back by :meth:`add` if still incomplete)."""
+        started, parts = self._parts.pop(message_id, (time.monotonic(), {}))
+        self._bytes -= sum(map(len, parts.values()))
+        return started, parts
+
+    def _make_room(self, size: int, now: float) -> None:
+        while self._parts:
+            oldest_started, _ = next(iter(self._parts.values()))
+            full = len(self._parts) >= MAX_PARTIAL_MESSAGES or self._bytes + size > MAX_PARTIAL_BYTES
+            if not full and oldest_started >= now - PARTS_TTL_SECONDS:
+                return
+            dropped = next(iter(self._parts))
+            self._take(dropped)
+            log.warning("Dropped the incomplete split message %s: its other parts did not come in time", dropped)
 
     def __len__(self) -> int:
         return len(self._parts)
+
+    @property
+    def held_bytes(self) -> int:
+        return self._bytes
 
 
 # -- the event -------------------------------------------------------------------------------
@@ -419,7 +520,7 @@ def parse_event(payload: bytes) -> tuple[str, str, ReferralAssetsUpdate | None]:
     """
     try:
         body = json.loads(payload, parse_float=Decimal)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a server's [[[[...]]]] nested too deep
         raise BadEvent(f"event payload is not JSON ({len(payload)} bytes)") from None
     header = body.get("header") if isinstance(body, dict) else None
     if not isinstance(header, dict):
@@ -431,13 +532,13 @@ def parse_event(payload: bytes) -> tuple[str, str, ReferralAssetsUpdate | None]:
         return event_type, event_id, None
     event = body.get("event")
     if not isinstance(event, dict):
-        raise BadEvent(f"event {event_id}: event is not an object")
+        raise BadEvent(f"event {event_id}: event is not an object", event_id)
     assets = event.get("assets")
     if not isinstance(assets, dict):
-        raise BadEvent(f"event {event_id}: event.assets is not an object")
+        raise BadEvent(f"event {event_id}: event.assets is not an object", event_id)
     bonus = assets.get("confirmed_bonus") or {}
     if not isinstance(bonus, dict):
-        raise BadEvent(f"event {event_id}: event.assets.confirmed_bonus is not an object")
+        raise BadEvent(f"event {event_id}: event.assets.confirmed_bonus is not an object", event_id)
     update = _update(
         event_id, event.get("account_id"), bonus.get("point_bonus"), bonus.get("cash_bonus"),
         event.get("modify_time"), "event",
@@ -454,15 +555,18 @@ def _update(
     try:
         account = check_referral_account_id(account_id, f"{where}.account_id")
     except (TypeError, ValueError) as exc:
-        raise BadEvent(f"event {event_id}: {exc}") from None
+        raise BadEvent(f"event {event_id}: {exc}", event_id) from None
     bonus = {"point_bonus": points} if points is not None else {}  # Feishu omits empty fields
     try:
         whole_points, amounts = parse_bonus({**bonus, "cash_bonus": cash})
     except UnreadableAnswer as exc:
-        raise BadEvent(f"event {event_id}: {exc}") from None
+        raise BadEvent(f"event {event_id}: {exc}", event_id) from None
     text = str(modify_time).strip() if isinstance(modify_time, (str, int)) and not isinstance(modify_time, bool) else ""
-    if not text.isdigit() or len(text) > 16:
-        raise BadEvent(f"event {event_id}: {where}.modify_time {modify_time!r} is not milliseconds since the epoch")
+    # ASCII digits only: str.isdigit() also accepts "²" and "١", which int() refuses or reads as another number.
+    if not (text.isascii() and text.isdigit()) or len(text) > 16:
+        raise BadEvent(
+            f"event {event_id}: {where}.modify_time {modify_time!r} is not milliseconds since the epoch", event_id
+        )
     return ReferralAssetsUpdate(event_id, account, whole_points, amounts, int(text))
 
 
@@ -505,13 +609,53 @@ class SeenEvents:
 # -- the connection --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Rejection:
+    """A data frame or event that could not be read, as kept for inspection: never its payload.
+
+    The payload is not kept (an event's header carries the app's verification token); its
+    size and SHA-256 identify it against Feishu's records.
+    """
+
+    event_id: str | None
+    message_id: str | None
+    reason: str
+    size: int
+    sha256: str
+    at: float  # time.time()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id, "message_id": self.message_id, "reason": self.reason,
+            "size": self.size, "sha256": self.sha256, "at": self.at,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True, eq=False)
+class Delivery:
+    """One complete message from the long connection, not yet acknowledged.
+
+    ``update`` is set for a readable balance change, ``problem`` (a :class:`Rejection`)
+    for a data frame or event that cannot be read; neither for other event types.
+    :meth:`LongConnection.acknowledge` answers it on the connection it came by.
+    """
+
+    event_id: str | None
+    update: ReferralAssetsUpdate | None = None
+    problem: Rejection | None = None
+    frame: Frame = field(default_factory=Frame, repr=False)
+    received: float = 0.0  # time.monotonic(), for the acknowledgement's biz_rt
+    connection: Any = field(default=None, repr=False)  # the WebSocket it came by
+
+
 class LongConnection:
     """One app's long connection, dialled again for ever when it drops.
 
     ``endpoint`` fetches a fresh :class:`Endpoint` (asynchronously) before every dial: the
     URL's ticket is single-use, and credentials fixed in the meantime are picked up.
     ``config`` is used until Feishu sends its own. ``random`` picks the reconnect delay
-    (a seeded one makes tests repeatable).
+    (a seeded one makes tests repeatable). :attr:`rejected` holds the last
+    :data:`REJECTIONS_KEPT` frames and events that could not be read.
     """
 
     def __init__(
@@ -525,15 +669,28 @@ class LongConnection:
         self.config = config or ClientConfig()
         self._random_delay = random_delay
         self.connections = 0  # successful dials, for logs and tests
-        self._reassembly = Reassembly()
+        self.rejected: deque[Rejection] = deque(maxlen=REJECTIONS_KEPT)
+        self._logged = SeenEvents(limit=10 * REJECTIONS_KEPT)  # rejections already logged, by event or message id
+        self._unidentified = 0  # rejected frames without any id
 
     async def updates(self) -> AsyncIterator[ReferralAssetsUpdate]:
         """Every ``assets_update_v1`` event, each acknowledged once the consumer asks for the next one.
 
-        Other event types and unreadable events are acknowledged and skipped (the latter
-        logged: the balance stays in Feishu for the next event or the month-end run). A
-        consumer that stops or fails leaves its current event unacknowledged, so Feishu
-        delivers it again. Never returns; cancel it to stop.
+        Other event types and unreadable events are acknowledged and skipped. A consumer
+        that stops or fails leaves its current event unacknowledged, so Feishu delivers it
+        again. Never returns; cancel it to stop.
+        """
+        async for delivery in self.deliveries():
+            if delivery.update is not None:
+                yield delivery.update  # the consumer took it: only now is it acknowledged
+            await self.acknowledge(delivery)
+
+    async def deliveries(self) -> AsyncIterator[Delivery]:
+        """Every complete data message, unacknowledged, across reconnects. Never returns; cancel it to stop.
+
+        Nothing a server sends ends this: unreadable frames are logged once and kept in
+        :attr:`rejected`, and deliveries carry them as ``problem`` when they can be
+        acknowledged; anything unforeseen is logged and the connection dialled again.
         """
         delay: float | None = None
         first = True
@@ -543,8 +700,8 @@ class LongConnection:
                 await asyncio.sleep(delay)
             connected_before = self.connections
             try:
-                async for update in self._session():
-                    yield update
+                async for delivery in self._session():
+                    yield delivery
             except EndpointError as err:
                 log.error("No long-connection endpoint: %s", err)
             except (OSError, asyncio.TimeoutError, WebSocketException) as exc:
@@ -553,41 +710,48 @@ class LongConnection:
                 log.exception("Feishu's event long connection failed unexpectedly")
             connected = self.connections > connected_before
             # After a drop (or at start), a random delay up to ReconnectNonce spreads many
-            # clients out; after a failed dial, every ReconnectInterval.
-            delay = (
+            # clients out; after a failed dial, every ReconnectInterval; never sooner than
+            # MIN_RECONNECT_DELAY.
+            delay = max(
+                MIN_RECONNECT_DELAY,
                 self._random_delay(0, self.config.reconnect_nonce)
                 if connected or first
-                else self.config.reconnect_interval
+                else self.config.reconnect_interval,
             )
             first = False
 
-    async def _session(self) -> AsyncIterator[ReferralAssetsUpdate]:
+    async def acknowledge(self, delivery: Delivery) -> None:
+        """Answer ``{"code": 200}`` on the connection it came by; if that is gone, Feishu delivers it again."""
+        handled = int((time.monotonic() - delivery.received) * 1000)
+        with contextlib.suppress(ConnectionClosed):
+            await delivery.connection.send(encode_frame(ack_frame(delivery.frame, handled)))
+
+    async def _session(self) -> AsyncIterator[Delivery]:
         endpoint = await self._endpoint(self.config)
         self.config = endpoint.config
         # Feishu's own ping/pong keeps the connection alive; the WebSocket-level one stays on
         # too (as in the SDK), so a half-open connection is noticed within a minute.
-        async with connect(endpoint.url, max_size=None, open_timeout=30, proxy=None, logger=_websocket_log) as ws:
+        async with connect(
+            endpoint.url, max_size=MAX_FRAME_BYTES, open_timeout=30, proxy=None, logger=_websocket_log
+        ) as ws:
             self.connections += 1
             log.info("Connected to Feishu's event long connection at %s", endpoint.where)
             pinger = asyncio.create_task(self._ping(ws, endpoint.service_id))
+            reassembly = Reassembly()  # a message's parts come on one connection
             try:
                 async for message in ws:
                     received = time.monotonic()
                     try:
                         frame = decode_frame(message if isinstance(message, bytes) else message.encode())
-                    except FrameError as exc:
-                        log.warning("Ignored a message from Feishu: %s", exc)
+                    except FrameError as exc:  # nothing to acknowledge: no frame, no message_id
+                        self._reject(None, None, str(exc), message if isinstance(message, bytes) else b"")
                         continue
                     if frame.method == METHOD_CONTROL:
                         self._control(frame)
                         continue
-                    whole, update = self._event(frame)
-                    if not whole:
-                        continue  # one part of a split message: the frame completing it is acknowledged
-                    if update is not None:
-                        yield update  # the consumer took it: only now is it acknowledged
-                    handled = int((time.monotonic() - received) * 1000)
-                    await ws.send(encode_frame(ack_frame(frame, handled)))
+                    delivery = self._read(frame, reassembly)
+                    if delivery is not None:
+                        yield replace(delivery, frame=frame, received=received, connection=ws)
             finally:
                 pinger.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -598,26 +762,54 @@ class LongConnection:
             return
         try:
             self.config = self.config.updated(json.loads(frame.payload, parse_float=Decimal))
-        except ValueError:
+        except (ValueError, RecursionError):
             log.warning("Ignored a pong whose ClientConfig is not JSON")
 
-    def _event(self, frame: Frame) -> tuple[bool, ReferralAssetsUpdate | None]:
-        """(whether the frame completes a message, the update it carries if it is one)."""
+    def _read(self, frame: Frame, reassembly: Reassembly) -> Delivery | None:
+        """The delivery a data frame completes, None while a split message waits for parts."""
+        message_id = frame.header("message_id")
         try:
-            payload = self._reassembly.add(frame)
+            payload = reassembly.add(frame)
         except FrameError as exc:
-            log.warning("Ignored a data frame: %s", exc)
-            return False, None
+            return Delivery(None, problem=self._reject(None, message_id, str(exc), frame.payload))
         if payload is None:
-            return False, None
+            return None
         try:
             event_type, event_id, update = parse_event(payload)
         except BadEvent as exc:
-            log.error("Acknowledged an unreadable event, nothing done: %s", exc)
-            return True, None
+            return Delivery(exc.event_id, problem=self._reject(exc.event_id, message_id, str(exc), payload))
+        except Exception as exc:  # a reader's bug must not make the event come back for ever
+            log.exception("Reading event of message %s failed", message_id)
+            problem = self._reject(None, message_id, f"unreadable: {type(exc).__name__}", payload)
+            return Delivery(None, problem=problem)
         if update is None:
-            log.debug("Acknowledged event %s of type %s: not a referral balance change", event_id, event_type)
-        return True, update
+            log.debug("Event %s of type %s is not a referral balance change", event_id, event_type)
+        return Delivery(event_id, update=update)
+
+    def _reject(self, event_id: str | None, message_id: str | None, reason: str, payload: bytes) -> Rejection:
+        """Keep it for inspection, and log it once per event (or message) id."""
+        rejection = Rejection(
+            event_id, message_id, reason[:500], len(payload), hashlib.sha256(payload).hexdigest(), time.time()
+        )
+        self.rejected.append(rejection)
+        key = event_id or message_id
+        if key is None:  # undecodable bytes: log the 1st, 10th, 100th, ... so a flood of them cannot flood the log
+            self._unidentified += 1
+            if math.log10(self._unidentified) % 1:
+                return rejection
+            reason = f"{rejection.reason} (unreadable frame number {self._unidentified})"
+        elif key in self._logged:
+            return rejection
+        else:
+            self._logged.add(key)
+            reason = rejection.reason
+        log.error(
+            "Rejected %s from Feishu's long connection (acknowledged, nothing done; the balance stays in "
+            "Feishu for the next event or the sweep): %s",
+            f"event {event_id}" if event_id else f"message {message_id}" if message_id else "a frame",
+            reason,
+        )
+        return rejection
 
     async def _ping(self, ws: Any, service_id: int) -> None:
         """A ``ping`` every PingInterval (re-read each time: a ``pong`` may change it)."""

@@ -160,6 +160,8 @@ def test_an_assets_update_is_read_exactly_and_survives_the_trigger_payload() -> 
     [
         ({"account_id": "a/b", "assets": {}, "modify_time": "1"}, "account_id"),
         ({"account_id": "1", "assets": {}}, "modify_time"),
+        ({"account_id": "1", "assets": {}, "modify_time": "²"}, "modify_time"),  # isdigit() yet not int()
+        ({"account_id": "1", "assets": {}, "modify_time": "١٢"}, "modify_time"),  # int() reads it as 12
         ({"account_id": "1", "assets": {"confirmed_bonus": {"point_bonus": 1.5}}, "modify_time": "1"}, "point_bonus"),
         (
             {"account_id": "1", "modify_time": "1", "assets": {"confirmed_bonus": {"cash_bonus": [{"amount": 1}]}}},
@@ -169,8 +171,9 @@ def test_an_assets_update_is_read_exactly_and_survives_the_trigger_payload() -> 
     ],
 )
 def test_an_unreadable_assets_update_names_its_field(event: dict[str, Any], field: str) -> None:
-    with pytest.raises(BadEvent, match=field):
+    with pytest.raises(BadEvent, match=field) as caught:
         parse_event(event_bytes(event))
+    assert caught.value.event_id == "e1"  # so the rejection is logged and kept under the event's id
 
 
 def test_several_events_of_one_account_collapse_to_the_latest_by_modify_time() -> None:
