@@ -33,6 +33,8 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/python scripts/demo.py
 
 # `make airflow`: Airflow UI, scheduler and the sandbox, with feishu_hire_default pointing at it.
+# The UI listens on 127.0.0.1 only; `make airflow AIRFLOW_HOST=0.0.0.0` (or AIRFLOW_HOST in the
+# environment) opens it to the network.
 airflow: $(VENV)/.installed
 	$(VENV)/bin/python scripts/local_airflow.py
 

@@ -1,9 +1,12 @@
 """``make airflow``: a local Airflow with this provider, the example DAGs and the Feishu sandbox.
 
 ``feishu_hire_default`` points at the sandbox, connection testing is on, and the URL and
-login are printed. Ctrl-C stops Airflow and the sandbox. Everything it writes stays
-under ``.airflow/`` in the project (or the home given to :class:`LocalAirflow`).
-The browser test starts the same thing on free ports.
+login are printed. The API server listens on 127.0.0.1 only: the login is printed in the
+clear, and Airflow's own default (0.0.0.0) would offer it to the whole network;
+``AIRFLOW_HOST=0.0.0.0`` (or one of the machine's addresses) opens it on purpose.
+Ctrl-C stops Airflow and the sandbox. Everything it writes stays under ``.airflow/`` in
+the project (or the home given to :class:`LocalAirflow`). The browser test starts the
+same thing on free ports.
 """
 
 from __future__ import annotations
@@ -42,9 +45,19 @@ class LocalAirflow:
     payroll CSVs beside it are under ``home`` too.
     """
 
-    def __init__(self, home: Path, *, port: int = 8080, sandbox_port: int = 8765, free_log_ports: bool = False) -> None:
+    def __init__(
+        self,
+        home: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        sandbox_port: int = 8765,
+        free_log_ports: bool = False,
+    ) -> None:
         self.home = home
-        self.url = f"http://127.0.0.1:{port}"
+        self.host = host
+        # Every address (0.0.0.0, ::) includes loopback; a single other address does not.
+        self.url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
         self.sandbox_url = f"http://127.0.0.1:{sandbox_port}"
         self.settings: dict[str, dict[str, str]] = {
             "core": {
@@ -55,7 +68,7 @@ class LocalAirflow:
                 "parallelism": "4",  # LocalExecutor starts one process per slot
                 "simple_auth_manager_users": "admin:admin",
             },
-            "api": {"port": str(port), "base_url": self.url},
+            "api": {"host": host, "port": str(port), "base_url": self.url},
         }
         if free_log_ports:
             self.settings["logging"] = {
@@ -188,6 +201,7 @@ def _stop_group(leader: subprocess.Popen[bytes], grace: float = 30) -> None:
 def main() -> None:
     local = LocalAirflow(
         ROOT / ".airflow",
+        host=os.environ.get("AIRFLOW_HOST") or "127.0.0.1",
         port=int(os.environ.get("AIRFLOW_PORT", "8080")),
         sandbox_port=int(os.environ.get("FEISHU_SANDBOX_PORT", "8765")),
     )
@@ -196,8 +210,14 @@ def main() -> None:
     try:
         local.start(log=ROOT / ".airflow" / "standalone.log")
         user, password = local.login
+        reach = (
+            "Only this machine can reach it; AIRFLOW_HOST=0.0.0.0 make airflow opens it to the network."
+            if local.host == "127.0.0.1"
+            else f"It listens on {local.host}: other machines can reach it (and its login)."
+        )
         print(
             f"\nAirflow is up: {local.url}  (login: {user} / {password})\n"
+            f"{reach}\n"
             f"Feishu sandbox: {local.sandbox_url}  (feishu_hire_default points at it)\n"
             f"Logs: {ROOT / '.airflow' / 'standalone.log'}\n"
             "Trigger example_feishu_referral_payroll, or test feishu_hire_default under Admin > Connections.\n"
