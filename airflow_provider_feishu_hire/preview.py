@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from airflow_provider_feishu_hire.client import FeishuClient
 
 LARGEST_SHOWN = 5
+NAMED_IN_SUBJECT = 5
 
 
 @dataclass
@@ -42,21 +43,53 @@ class PayoutPreview:
                 totals[currency] = totals.get(currency, Decimal(0)) + amount
         return dict(sorted(totals.items()))
 
-    def largest(self) -> list[Balance]:
-        """The biggest payouts: most cash (all currencies side by side), then most points."""
-        return sorted(
-            self.payable,
-            key=lambda b: (max(b.cash_bonus.values(), default=Decimal(0)), b.point_bonus),
-            reverse=True,
-        )[:LARGEST_SHOWN]
+    def largest(self) -> dict[str, list[Balance]]:
+        """The biggest payouts in each unit on its own: points, then each currency.
+
+        Points and cash, and cash in two currencies, have no exchange rate between them
+        here, so no single order of "largest" would be honest: an account paid 0.10 CNY and
+        80 points is neither above nor below one paid 450 points. Each unit is therefore
+        ranked by itself, largest first (ties by account id), and an account large in any
+        unit is shown to the approver.
+        """
+        units = {"points": [b for b in self.payable if b.point_bonus]}
+        units.update(
+            {currency: [b for b in self.payable if b.cash_bonus.get(currency)] for currency in self.cash_bonus}
+        )
+
+        def amount(balance: Balance, unit: str) -> Decimal:
+            return Decimal(balance.point_bonus) if unit == "points" else balance.cash_bonus[unit]
+
+        return {
+            unit: sorted(found, key=lambda b: (-amount(b, unit), b.referral_account_id))[:LARGEST_SHOWN]
+            for unit, found in units.items()
+            if found
+        }
 
     def headline(self) -> str:
-        """The approval's subject: the numbers first."""
+        """The approval's subject: the numbers first, then who will not be paid, by id."""
         cash = format_cash(self.cash_bonus)
-        return (
+        question = (
             f"Pay {plural(len(self.payable), 'referral account')}: {plural(self.point_bonus, 'point')}"
             f"{', ' + cash if cash else ''}?"
         )
+        if not self.not_payable:
+            return question
+        named = sorted(self.not_payable)
+        listed = ", ".join(named[:NAMED_IN_SUBJECT]) + (
+            f" and {len(named) - NAMED_IN_SUBJECT} more" if len(named) > NAMED_IN_SUBJECT else ""
+        )
+        return f"{question} Cannot pay {plural(len(named), 'account')}: {listed}"
+
+    def nothing_to_pay(self) -> str | None:
+        """Why there is nothing to approve, or None when some account has a balance to pay."""
+        if self.payable:
+            return None
+        empty = self.accounts - len(self.not_payable)
+        parts = [f"{account} ({why})" for account, why in sorted(self.not_payable.items())]
+        if empty:
+            parts.append(f"{plural(empty, 'account')} with a zero balance")
+        return "Nothing to pay, so no one was asked to approve: " + "; ".join(parts)
 
     def markdown(self) -> str:
         """The approval's body: totals, the largest payouts, who cannot be paid, and what approving means."""
@@ -65,11 +98,11 @@ class PayoutPreview:
             f"**{plural(self.point_bonus, 'point')}**",
         ]
         lines += [f"- **{format_money(amount)} {currency}**" for currency, amount in self.cash_bonus.items()]
-        if self.payable:
-            lines += ["", "| Largest payouts | Points | Cash |", "|---|---:|---:|"]
+        for unit, balances in self.largest().items():
+            lines += ["", f"| Largest in {unit} | Points | Cash |", "|---|---:|---:|"]
             lines += [
                 f"| {b.referral_account_id} | {b.point_bonus} | " + (format_cash(b.cash_bonus) or "—") + " |"
-                for b in self.largest()
+                for b in balances
             ]
         if self.not_payable:
             lines += ["", f"**{plural(len(self.not_payable), 'account')} cannot be paid:**"]
@@ -88,8 +121,9 @@ class PayoutPreview:
             "payable": len(self.payable),
             "point_bonus": self.point_bonus,
             "cash_bonus": {currency: format_money(amount) for currency, amount in self.cash_bonus.items()},
-            "largest": [b.as_xcom() for b in self.largest()],
+            "largest": {unit: [b.as_xcom() for b in balances] for unit, balances in self.largest().items()},
             "not_payable": dict(sorted(self.not_payable.items())),
+            "nothing_to_pay": self.nothing_to_pay(),
             "subject": self.headline(),
             "markdown": self.markdown(),
         }

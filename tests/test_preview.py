@@ -34,12 +34,61 @@ def test_totals_are_exact_and_name_who_cannot_be_paid(client: FeishuClient) -> N
     assert preview.cash_bonus == {"CNY": Decimal("0.10") + Decimal("1000.05") + sum(range(8)), "USD": Decimal("2.50")}
     assert sorted(preview.not_payable) == ["7304", "7399"]
     assert "deactivated" in preview.not_payable["7304"] and "1002553" in preview.not_payable["7399"]
-    assert [b.referral_account_id for b in preview.largest()][:2] == ["7302", "7407"]
-    assert len(preview.largest()) == LARGEST_SHOWN
+    assert preview.nothing_to_pay() is None
     xcom = preview.as_xcom()
     assert xcom["cash_bonus"] == {"CNY": "1028.15", "USD": "2.50"}  # strings, to the cent
-    assert xcom["subject"] == "Pay 10 referral accounts: 46 points, 1028.15 CNY, 2.50 USD?"
-    assert "whole balance" in xcom["markdown"] and "| 7302 | 0 | 1000.05 CNY |" in xcom["markdown"]
+    # The question itself names who will not be paid; the body says why.
+    assert (
+        xcom["subject"]
+        == "Pay 10 referral accounts: 46 points, 1028.15 CNY, 2.50 USD? Cannot pay 2 accounts: 7304, 7399"
+    )
+    assert "- 7399: Feishu error 1002553" in xcom["markdown"] and "- 7304: deactivated" in xcom["markdown"]
+    assert "whole balance" in xcom["markdown"] and xcom["nothing_to_pay"] is None
+
+
+def test_largest_payouts_are_ranked_in_each_unit_on_its_own(client: FeishuClient) -> None:
+    """Points and each currency apart, largest first: no exchange rate is invented to rank them together."""
+    preview = preview_payout(client, [a.account_id for a in ACCOUNTS], [1, 2])
+    ranked = {unit: [b.referral_account_id for b in found] for unit, found in preview.largest().items()}
+    assert ranked == {
+        "points": ["7301", "7407", "7406", "7405", "7404"],
+        "CNY": ["7302", "7407", "7406", "7405", "7404"],
+        "USD": ["7301"],
+    }
+    assert all(len(found) <= LARGEST_SHOWN for found in ranked.values())
+    markdown = preview.markdown()
+    points_table = markdown.index("| Largest in points |")
+    cny_table = markdown.index("| Largest in CNY |")
+    assert points_table < markdown.index("| 7301 | 10 | 0.10 CNY, 2.50 USD |") < cny_table
+    assert markdown.index("| 7302 | 0 | 1000.05 CNY |") > cny_table
+
+
+def test_a_big_point_payout_reads_above_a_small_mixed_one() -> None:
+    """The case a person stumbled on: 80 points with 0.10 CNY was listed above 450 points."""
+    accounts = [
+        Account("7601", point_bonus=80, cash_bonus={"CNY": Decimal("0.10")}),
+        Account("7602", point_bonus=450, cash_bonus={}),
+    ]
+    with FeishuSandbox(accounts, rate_limits=False) as sandbox, client_for(sandbox) as client:
+        preview = preview_payout(client, ["7601", "7602"], [1, 2])
+    markdown = preview.markdown()
+    assert markdown.index("| 7602 | 450 | — |") < markdown.index("| 7601 | 80 | 0.10 CNY |")
+    assert [b.referral_account_id for b in preview.largest()["CNY"]] == ["7601"]
+
+
+def test_nothing_payable_says_why_instead_of_asking(client: FeishuClient) -> None:
+    unreadable = preview_payout(client, ["7399", "7304", "7303"], [1, 2])
+    assert unreadable.nothing_to_pay() == (
+        "Nothing to pay, so no one was asked to approve: 7304 (deactivated); "
+        f"7399 ({unreadable.not_payable['7399']}); 1 account with a zero balance"
+    )
+    assert "1002553" in unreadable.not_payable["7399"]
+    empty = preview_payout(client, ["7303"], [1, 2])
+    assert (
+        empty.as_xcom()["nothing_to_pay"]
+        == "Nothing to pay, so no one was asked to approve: 1 account with a zero balance"
+    )
+    assert empty.not_payable == {}
 
 
 def test_only_the_kinds_to_be_withdrawn_are_counted(client: FeishuClient) -> None:
