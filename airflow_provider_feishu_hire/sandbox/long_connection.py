@@ -15,6 +15,13 @@ What travels over it: the client's ``ping`` control frames are answered with ``p
 one); events go out as data frames (headers ``type=event``, ``message_id``,
 ``trace_id``, ``sum``, ``seq``; ``seq`` counts from 0 as the SDK's reassembly does) and
 are delivered until the client answers with the same frame and payload ``{"code": 200}``.
+
+Hostile-server faults, for clients that must survive a broken or malicious Feishu:
+:meth:`LongConnection.poison` raises an event no client can read (delivered and
+redelivered like any other until acknowledged), ``configure(..., hostile=True)`` hands
+out settings no sane server would (0, 0.001, -5, 1e12, NaN, text), and
+:meth:`LongConnection.flood` sends a burst of garbage frames, never-finished split
+parts or oversized frames to every connected client.
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ CLIENT_CONFIG_FIELDS = ("ReconnectCount", "ReconnectInterval", "ReconnectNonce",
 # The official SDK's own defaults until an endpoint answer or a pong says otherwise.
 DEFAULT_CLIENT_CONFIG = {"ReconnectCount": -1, "ReconnectInterval": 120, "ReconnectNonce": 30, "PingInterval": 120}
 WS_PATH = "/ws"
+
+POISONS = ("not_json", "deep_json", "modify_time", "bad_split", "too_many_parts")
+FLOODS = ("garbage", "parts", "oversize")
 
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 _REQUIRED = {1: "SeqID", 2: "LogID", 3: "service", 4: "method"}
@@ -227,6 +237,7 @@ class _Event:
     acked: bool = False  # no longer delivered
     carrier: _Client | None = None  # the client its latest delivery went to, until acked or given up
     attempt: int = 0  # bumps with every delivery, so a stale redelivery timer knows it is stale
+    headers: Mapping[str, str] | None = None  # a poison's damaged frame headers, over the usual ones
 
 
 class LongConnection:
@@ -261,7 +272,9 @@ class LongConnection:
         self._message_events: dict[str, _Event] = {}  # every message_id sent -> its event
         self._turn = 0
         self._seq = 0
-        self.counts = {"endpoints": 0, "connections": 0, "pings": 0, "bad_frames": 0, "unknown_acks": 0}
+        self.counts = {
+            "endpoints": 0, "connections": 0, "pings": 0, "bad_frames": 0, "unknown_acks": 0, "flooded": 0,
+        }  # fmt: skip
 
     @property
     def base_url(self) -> str:
@@ -335,18 +348,86 @@ class LongConnection:
         query = urlencode({"device_id": device_id, "service_id": service_id})
         return {"URL": f"{self.base_url}{WS_PATH}?{query}", "ClientConfig": config}
 
-    def configure(self, changes: Mapping[str, int]) -> dict[str, int]:
+    def configure(self, changes: Mapping[str, Any], *, hostile: bool = False) -> dict[str, Any]:
+        """Change the ClientConfig that endpoint answers and pongs hand out.
+
+        Checked as Feishu would (whole numbers, at least 0; ReconnectCount at least -1)
+        unless ``hostile``: then any JSON value goes out as it is, as from a broken server.
+        """
         unknown = set(changes) - set(CLIENT_CONFIG_FIELDS)
         if unknown:
             raise ValueError(f"unknown ClientConfig fields {sorted(unknown)}; they are {CLIENT_CONFIG_FIELDS}")
         for name, value in changes.items():
             least = -1 if name == "ReconnectCount" else 0  # -1 tries: reconnect forever
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            if not hostile and (isinstance(value, bool) or not isinstance(value, int) or value < least):
                 raise ValueError(f"ClientConfig {name} must be a whole number, at least {least}, not {value!r}")
         with self._lock:
             self._config.update(changes)
             self._config_version += 1
             return dict(self._config)
+
+    def poison(self, kind: str) -> str:
+        """Raise an event no client can read, delivered until acknowledged like any other; returns its event_id.
+
+        ``not_json``: the payload is not JSON; ``deep_json``: JSON nested deeper than any
+        parser's recursion; ``modify_time``: a balance change whose ``modify_time`` is
+        ``"²"`` (passes ``str.isdigit()``, fails ``int()``); ``bad_split``: its frame says
+        ``sum`` is ``"many"``; ``too_many_parts``: its frame claims 1,000,000 parts.
+        """
+        if kind not in POISONS:
+            raise ValueError(f"poison {kind!r} is not one of {POISONS}")
+        event_id = secrets.token_hex(16)
+        envelope = {
+            "schema": "2.0",
+            "header": {"event_id": event_id, "event_type": "hire.referral_account.assets_update_v1"},
+            "event": {"account_id": "7000000000000000001", "assets": {}, "modify_time": "²"},
+        }
+        body = {
+            "not_json": b"\x00{not json",
+            "deep_json": b"[" * 100_000 + b"]" * 100_000,
+        }.get(kind, json.dumps(envelope).encode())
+        headers = {"bad_split": {"sum": "many"}, "too_many_parts": {"sum": "1000000", "seq": "0"}}.get(kind)
+        with self._lock:
+            self._events[event_id] = _Event(event_id, "poison", body, headers=headers)
+        self._soon(self._pump)
+        return event_id
+
+    def flood(self, kind: str, count: int, size: int) -> int:
+        """Send ``count`` frames of ``size`` payload bytes to every connected client at once; returns frames sent.
+
+        ``garbage``: bytes that are no frame; ``parts``: the first part of ``count``
+        split messages whose other parts never come; ``oversize``: data frames of ``size``
+        bytes (the client's size limit decides). Nothing is tracked as an event.
+        """
+        if kind not in FLOODS:
+            raise ValueError(f"flood {kind!r} is not one of {FLOODS}")
+        loop = self._loop
+        if loop is None or self._thread is None:
+            return 0
+
+        async def send() -> int:
+            with self._lock:
+                clients = list(self._clients)
+            sent = 0
+            for client in clients:
+                for _ in range(count):
+                    if kind == "garbage":
+                        message = b"\xff" * size  # a varint that never ends
+                    else:
+                        message_id = secrets.token_hex(16)
+                        parts = "2" if kind == "parts" else "1"
+                        headers = [("type", "event"), ("message_id", message_id), ("sum", parts), ("seq", "0")]
+                        message = encode_frame(Frame(0, 0, client.service_id, DATA, headers, payload=b"x" * size))
+                    try:
+                        await client.ws.send(message)
+                    except ConnectionClosed:
+                        break
+                    sent += 1
+            with self._lock:
+                self.counts["flooded"] += sent
+            return sent
+
+        return asyncio.run_coroutine_threadsafe(send(), loop).result(timeout=300)
 
     def publish(self, event_id: str, event_type: str, body: bytes) -> None:
         """Queue an event; it goes to a connected client now, or to the next one that connects."""
@@ -508,7 +589,9 @@ class LongConnection:
                 message_id = secrets.token_hex(16)
                 with self._lock:
                     self._message_events[message_id] = event
-                for frame in self._data_frames(client, event.body, message_id, split.parts if split else 1):
+                for frame in self._data_frames(
+                    client, event.body, message_id, split.parts if split else 1, event.headers
+                ):
                     await client.ws.send(encode_frame(frame))
                 with self._lock:
                     event.deliveries += 1
@@ -526,7 +609,9 @@ class LongConnection:
             event.carrier = None
         self._pump()
 
-    def _data_frames(self, client: _Client, body: bytes, message_id: str, parts: int) -> Iterator[Frame]:
+    def _data_frames(
+        self, client: _Client, body: bytes, message_id: str, parts: int, damaged: Mapping[str, str] | None
+    ) -> Iterator[Frame]:
         parts = max(1, min(parts, len(body)))  # an empty part would read as a missing one
         size = -(-len(body) // parts)
         chunks = [body[i * size : (i + 1) * size] for i in range(parts)]
@@ -535,13 +620,14 @@ class LongConnection:
             with self._lock:
                 self._seq += 1
                 seq_id = self._seq
-            headers = [
-                ("type", "event"),
-                ("message_id", message_id),
-                ("trace_id", trace_id),
-                ("sum", str(parts)),
-                ("seq", str(seq)),
-            ]
+            usual = {
+                "type": "event",
+                "message_id": message_id,
+                "trace_id": trace_id,
+                "sum": str(parts),
+                "seq": str(seq),
+            }
+            headers = list({**usual, **(damaged or {})}.items())
             yield Frame(seq_id, seq_id, client.service_id, DATA, headers, payload=chunk, log_id_new=trace_id)
 
 
