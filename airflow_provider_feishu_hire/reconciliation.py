@@ -6,10 +6,14 @@ do not say whether ``start_trans_time`` and ``end_trans_time`` are inclusive. Th
 sent here therefore starts and ends at milliseconds at which the ledger paid nothing, so
 every reading compares the same set of our withdrawals; the ledger's totals are summed
 over exactly that window.
+
+Feishu's endpoint takes and returns points only: cash is not part of its comparison, and
+the logs say so rather than let "Feishu agrees" read as covering the money.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_feishu_hire.exceptions import FeishuAPIError
@@ -18,6 +22,13 @@ from airflow_provider_feishu_hire.ledger import Mismatch, Reconciliation
 if TYPE_CHECKING:
     from airflow_provider_feishu_hire.client import FeishuClient
     from airflow_provider_feishu_hire.ledger import Ledger
+
+# What a person must know about any reconciliation's verdict.
+NOT_COMPARED = (
+    "Compared: each account's points. Not compared: cash, which Feishu's reconciliation API does not take "
+    "(the payroll holds the cash the ledger recorded)"
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 # How far past the requested end the window may move to find a millisecond with no payment:
 # withdrawals are paced at 100 a minute, so a run of busy milliseconds this long cannot happen.
@@ -41,6 +52,17 @@ def reconcile(client: FeishuClient, ledger: Ledger, start_trans_time: int, end_t
     failed = client.reconcile_referral_accounts(start, end, totals)
     mismatches = tuple(_mismatch(entry, totals) for entry in failed)
     return Reconciliation(app_id, start, end, totals, mismatches)
+
+
+def describe_window(record: Reconciliation) -> str:
+    """The window compared, as times a person reads (UTC, to the millisecond), ends included."""
+    return f"paid from {_utc(record.start_trans_time)} to {_utc(record.end_trans_time)} (both ends included)"
+
+
+def _utc(trans_time: int) -> str:
+    """Feishu's ``trans_time`` (ms since the epoch, exact: no float) as "2026-12-03 09:11:04.473 UTC"."""
+    moment = _EPOCH + timedelta(milliseconds=trans_time)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d} UTC"
 
 
 def _quiet_millisecond(ledger: Ledger, app_id: str, at: int, step: int) -> int:

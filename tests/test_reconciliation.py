@@ -6,13 +6,15 @@ Feishu's docs leave open.
 
 from __future__ import annotations
 
+import re
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
 
 from airflow_provider_feishu_hire.ledger import Ledger, Mismatch
 from airflow_provider_feishu_hire.payout import withdraw_account
-from airflow_provider_feishu_hire.reconciliation import reconcile
+from airflow_provider_feishu_hire.reconciliation import NOT_COMPARED, describe_window, reconcile
 from airflow_provider_feishu_hire.sandbox import Account, FeishuSandbox
 from tests.test_payout import client_for, intent
 
@@ -92,3 +94,23 @@ def test_registrations_are_remembered_per_app(ledger: Ledger) -> None:
     ledger.record_registration("cli_a", "a@example.com", "7001")
     assert ledger.registered_account("cli_a", "a@example.com") == "7001"
     assert ledger.registered_account("cli_b", "a@example.com") is None
+
+
+def test_a_person_reads_the_window_as_utc_times_and_that_cash_was_not_compared(
+    sandbox: FeishuSandbox, ledger: Ledger
+) -> None:
+    times = pay_all(sandbox, ledger)
+    with client_for(sandbox) as client:
+        record = reconcile(client, ledger, min(times), max(times) + 1)
+    shown = describe_window(record)
+    found = re.fullmatch(r"paid from (.+) UTC to (.+) UTC \(both ends included\)", shown)
+    assert found, shown
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    read = [
+        (datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc) - epoch)
+        // timedelta(milliseconds=1)
+        for text in found.groups()
+    ]
+    assert read == [record.start_trans_time, record.end_trans_time]  # exact to the millisecond
+    assert str(record.start_trans_time) not in shown
+    assert "Not compared: cash" in NOT_COMPARED

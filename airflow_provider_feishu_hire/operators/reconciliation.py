@@ -28,11 +28,12 @@ if TYPE_CHECKING:
 class ReferralReconcileOperator(BaseOperator):
     """Ask Feishu whether it paid out what the ledger says, per account, for a ``trans_time`` window.
 
-    Sends the ledger's per-account point totals (Feishu's endpoint compares points) and
-    fails, without retries, naming every account Feishu disagrees on with both figures: a
-    withdrawal made outside this ledger, or one the ledger does not know was paid. Every
-    reconciliation, agreeing or not, is recorded in the ledger
-    (``feishu_hire_reconciliation`` and ``feishu_hire_reconciliation_mismatch``).
+    Sends the ledger's per-account point totals (Feishu's endpoint compares points only;
+    the log says cash was not compared) and fails, without retries, naming every account
+    Feishu disagrees on with both figures: a withdrawal made outside this ledger, or one
+    the ledger does not know was paid. Every reconciliation, agreeing or not, is recorded
+    in the ledger (``feishu_hire_reconciliation`` and ``feishu_hire_reconciliation_mismatch``).
+    Its log gives the window as UTC times, not Feishu's epoch milliseconds.
 
     ``start_trans_time`` and ``end_trans_time`` (milliseconds or ISO 8601, end exclusive,
     templated: e.g. a month) choose the window; without them it is this DAG run's, from
@@ -63,7 +64,7 @@ class ReferralReconcileOperator(BaseOperator):
         self.ledger_conn_id = ledger_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_provider_feishu_hire.reconciliation import reconcile
+        from airflow_provider_feishu_hire.reconciliation import NOT_COMPARED, describe_window, reconcile
 
         ti = context["ti"]
         with input_errors_fail_the_task():
@@ -78,18 +79,21 @@ class ReferralReconcileOperator(BaseOperator):
             with permanent_feishu_errors_fail_the_task():
                 record = reconcile(client, ledger, *window)
             ledger.record_reconciliation(record, dag_id=ti.dag_id, run_id=context["run_id"], task_id=ti.task_id)
-        span = f"trans_time {record.start_trans_time} to {record.end_trans_time} (ms, inclusive)"
+        compared = describe_window(record)
         if record.mismatches:
             raise AirflowFailException(
-                f"Feishu disagrees with the ledger on {plural(len(record.mismatches), 'referral account')}, "
-                f"{span}: " + "; ".join(m.describe() for m in record.mismatches) + ". Find the withdrawals Feishu "
-                "counts and the ledger does not (made outside this provider?), or the reverse, before paying more"
+                f"Feishu disagrees with the ledger on the points of "
+                f"{plural(len(record.mismatches), 'referral account')} {compared}: "
+                + "; ".join(m.describe() for m in record.mismatches)
+                + f". {NOT_COMPARED}. Find the withdrawals Feishu counts and the ledger does not (made outside "
+                "this provider?), or the reverse, before paying more"
             )
         self.log.info(
-            "Feishu agrees with the ledger: %s, %s, %s",
+            "Feishu agrees with the ledger on the points of %s (%s) %s. %s",
             plural(len(record.ledger_points), "referral account"),
             plural(sum(record.ledger_points.values()), "point"),
-            span,
+            compared,
+            NOT_COMPARED,
         )
         return {
             "start_trans_time": str(record.start_trans_time),
