@@ -3,12 +3,15 @@
 ``airflow standalone`` runs the example payroll DAG with ``require_approval`` on. The
 decisions go through Airflow's own human-in-the-loop REST API, as the UI's Approve and
 Reject buttons send them (the browser test presses the buttons themselves). The payroll
-asset then starts the example import DAG. Checked against the sandbox's own ledger.
+asset then starts the example import DAG. A rejection fails the approval task and the
+run, and clearing the withdrawals afterwards still sends nothing; a run with nothing to
+pay asks nobody. Checked against the sandbox's own ledger.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 import urllib.error
@@ -32,11 +35,13 @@ ACCOUNTS = [
     Account("7500000000000000002", point_bonus=20, cash_bonus={"CNY": Decimal("0.05")}),
 ]
 IDS = [a.account_id for a in ACCOUNTS]
+EMPTY = Account("7500000000000000003", point_bonus=0, cash_bonus={})
+UNKNOWN = "7500000000000000099"
 
 
 @pytest.fixture
 def sandbox() -> Iterator[FeishuSandbox]:
-    with FeishuSandbox(ACCOUNTS, rate_limits=False) as running:
+    with FeishuSandbox([*ACCOUNTS, EMPTY], rate_limits=False) as running:
         # The event-driven example DAG is in the same folder: keep its long connection out,
         # so only the runs this test starts pay anyone.
         running.inject("busy", endpoint="ws_endpoint", times=1_000_000)
@@ -140,6 +145,9 @@ def test_only_an_approval_pays_and_every_decision_is_recorded(
     api = Api(airflow)
     wait_for(lambda: api.try_get(f"/dags/{DAG_ID}"), "the DAG to be parsed")
     conf = {"referral_account_ids": IDS, "require_approval": True}
+    # Beside the payout: two runs with nothing to pay, which must not ask anyone.
+    unreadable = trigger(api, {**conf, "referral_account_ids": [UNKNOWN, EMPTY.account_id]}, "unreadable")
+    empty = trigger(api, {**conf, "referral_account_ids": [EMPTY.account_id]}, "empty")
 
     approved = trigger(api, conf, "approved")
     asked = decide_after_checking_nothing_paid(api, sandbox, approved)
@@ -152,17 +160,46 @@ def test_only_an_approval_pays_and_every_decision_is_recorded(
         sandbox.credit(account.account_id, point_bonus=1)
     rejected = trigger(api, conf, "rejected")
     decide(api, rejected, "Reject")
-    wait_for(lambda: run_state(api, rejected), "the rejected run to finish", timeout=300)
-    states = {
-        ti["task_id"]: ti["state"]
-        for ti in api("GET", f"/dags/{DAG_ID}/dagRuns/{rejected}/taskInstances")["task_instances"]
-    }
-    assert states["withdraw_referral_account"] == states["export_payroll"] == "skipped"
+    # The rejection stands out: the approval task and the run end failed, not green.
+    assert wait_for(lambda: run_state(api, rejected), "the rejected run to finish", timeout=300) == "failed"
+    states = task_states(api, rejected)
+    assert (states["approve_payout"], states["withdraw_referral_account"]) == ("failed", "upstream_failed")
+    assert re.search(r"Rejected by admin at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: nothing paid", task_log(api, rejected))
     assert len(sandbox.state()["ledger"]) == len(IDS)  # the rejection paid nothing
+
+    # Clearing the withdrawals of a rejected run, as someone might to "retry", still sends nothing.
+    api(
+        "POST",
+        f"/dags/{DAG_ID}/clearTaskInstances",
+        {"dry_run": False, "dag_run_id": rejected, "task_ids": ["withdraw_referral_account"], "only_failed": False},
+    )
+    wait_for(
+        lambda: task_states(api, rejected)["withdraw_referral_account"] == "upstream_failed",
+        "the cleared withdrawals to be judged again",
+        timeout=300,
+    )
+    assert len(sandbox.state()["ledger"]) == len(IDS)
+
+    # Nothing to pay: nobody was asked. Accounts that cannot be read fail the run, named;
+    # only zero balances end it quietly, everything after the approval skipped.
+    assert wait_for(lambda: run_state(api, unreadable), "the unreadable run to finish", timeout=300) == "failed"
+    assert task_states(api, unreadable)["approve_payout"] == "failed"
+    assert api.try_get(f"/dags/{DAG_ID}/dagRuns/{unreadable}/taskInstances/approve_payout/-1/hitlDetails") is None
+    assert f"Nothing to pay, so no one was asked to approve: {UNKNOWN} (Feishu error 1002553" in task_log(
+        api, unreadable
+    )
+    assert "1 account with a zero balance" in task_log(api, unreadable)
+    assert wait_for(lambda: run_state(api, empty), "the empty run to finish", timeout=300) == "success"
+    after = task_states(api, empty)
+    assert after["approve_payout"] == "success"
+    assert {after[t] for t in ("withdraw_referral_account", "export_payroll", "reconcile_with_feishu")} == {"skipped"}
+    assert api.try_get(f"/dags/{DAG_ID}/dagRuns/{empty}/taskInstances/approve_payout/-1/hitlDetails") is None
+    assert len(sandbox.state()["ledger"]) == len(IDS)
 
     with Ledger(lambda: sqlite3.connect(tmp_path / "ledger.db", isolation_level=None), "sqlite") as ledger:
         assert_paid_exactly_once(ledger, sandbox)
         approvals, rejections = ledger.approvals(DAG_ID, approved), ledger.approvals(DAG_ID, rejected)
+        nothing = ledger.approvals(DAG_ID, unreadable) + ledger.approvals(DAG_ID, empty)
     # One record per answer that reached the task (one, unless Airflow asked again).
     assert {a.decision for a in approvals} == {"Approve"} and {r.decision for r in rejections} == {"Reject"}
     yes, no = approvals[-1], rejections[-1]
@@ -174,6 +211,7 @@ def test_only_an_approval_pays_and_every_decision_is_recorded(
         {"CNY": "1200.55"},
     )
     assert (no.decision, no.decided_by, no.point_bonus) == ("Reject", "admin", 2)
+    assert [(n.decision, n.accounts) for n in nothing] == [("nothing to pay", 0), ("nothing to pay", 0)]
 
     # The payroll asset started the import DAG once, with the approved run's totals.
     imports = wait_for(
@@ -183,11 +221,23 @@ def test_only_an_approval_pays_and_every_decision_is_recorded(
     assert [r["run_type"] for r in imports] == ["asset_triggered"]
     query = urllib.parse.urlencode({"source_dag_id": DAG_ID, "source_run_id": approved})
     (event,) = api("GET", f"/assets/events?{query}")["asset_events"]
-    assert (event["extra"]["accounts"], event["extra"]["point_bonus"], event["extra"]["cash_bonus"]) == (
-        2,
-        320,
-        {"CNY": "1200.55"},
-    )
+    announced = json.dumps(event["extra"])
+    assert '"point_bonus": 320' in announced and '"cash_bonus": {"CNY": "1200.55"}' in announced
+
+
+def task_states(api: Api, run_id: str) -> dict[str, str | None]:
+    """Each task's state in a run (a mapped task's: the first instance's; all agree here)."""
+    found: dict[str, str | None] = {}
+    for ti in api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")["task_instances"]:
+        found.setdefault(ti["task_id"], ti["state"])
+    return found
+
+
+def task_log(api: Api, run_id: str, task_id: str = "approve_payout") -> str:
+    """The task's log of its latest try, as the UI's log view shows it."""
+    ti = api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}")
+    log = api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{ti['try_number']}")
+    return json.dumps(log["content"])
 
 
 def decide_after_checking_nothing_paid(api: Api, sandbox: FeishuSandbox, run_id: str) -> dict[str, Any]:

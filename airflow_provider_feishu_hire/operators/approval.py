@@ -8,10 +8,12 @@ triggerer). Only DAGs that ask for approval import that module.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_feishu_hire.ledger import DEFAULT_LEDGER_CONN_ID
 from airflow_provider_feishu_hire.operators.referral_account import (
@@ -30,9 +32,8 @@ from airflow_provider_feishu_hire.withdrawal import (
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_feishu_hire.ledger import Approval
-
 NOT_REQUIRED = "not required"
+NOTHING_TO_PAY = "nothing to pay"
 
 
 class ReferralPayoutPreviewOperator(BaseOperator):
@@ -41,7 +42,8 @@ class ReferralPayoutPreviewOperator(BaseOperator):
     Balances are read at Feishu's 10 a second (the connection's ``assets_rate_limit``,
     shared through the ledger by every worker). The return value (XCom) holds the number of
     accounts with a balance, points and cash per currency (decimal strings), the largest
-    payouts, the accounts that cannot be paid and why, and ``subject``/``markdown`` for
+    payouts in each unit, the accounts that cannot be paid and why, ``nothing_to_pay`` (why
+    there is nothing to approve, or null), and ``subject``/``markdown`` for
     :class:`ReferralPayoutApprovalOperator`.
     """
 
@@ -75,19 +77,32 @@ class ReferralPayoutPreviewOperator(BaseOperator):
             permanent_feishu_errors_fail_the_task(),
         ):
             preview = preview_payout(client, account_ids, bonus_types)
-        self.log.info("%s", preview.headline())
+        self.log.info("%s", preview.nothing_to_pay() or preview.headline())
         return preview.as_xcom()
 
 
 class ReferralPayoutApprovalOperator(ApprovalOperator):
     """A person approves or rejects the previewed payout in the Airflow UI; the decision goes to the ledger.
 
-    The subject and body come from the preview task's XCom (``preview_task_id``). Approve:
-    the withdrawals downstream run. Reject: every downstream task is skipped, so nothing is
-    paid and no payroll is written. Either way the ledger's ``feishu_hire_approval`` keeps
-    who decided, when, and the totals they saw. ``required`` (templated, e.g.
-    ``"{{ params.require_approval }}"``) false lets unattended runs through at once; that is
-    recorded too, as "not required".
+    The subject and body come from the preview task's XCom (``preview_task_id``). Every
+    outcome is recorded in the ledger's ``feishu_hire_approval`` (who decided, when, the
+    totals they saw) before it acts:
+
+    - **Approve**: the task succeeds and the withdrawals downstream run.
+    - **Reject**: the task fails, without retries, with "Rejected by <user> at <time>:
+      nothing paid". Failing rather than skipping is what makes a rejection stand out:
+      skipped tasks count as success, so a skipping approval leaves the task and the run
+      green. Downstream tasks follow their trigger rules: the withdrawals (``all_success``)
+      become ``upstream_failed`` and send nothing, also when cleared; a task that runs
+      whatever happened upstream (``all_done``, like the payroll export) runs and must
+      read the rejection from the ledger. Airflow sets a run's state from its last tasks
+      only, so whether the run ends ``failed`` is up to them.
+    - **Nothing to pay** (no account has a balance): nobody is asked. If the preview could
+      not read or pay some account, the task fails naming them; if every account was read
+      with a zero balance, it succeeds and skips everything downstream.
+
+    ``required`` (templated, e.g. ``"{{ params.require_approval }}"``) false lets unattended
+    runs through at once; that is recorded too, as "not required".
     """
 
     template_fields: Sequence[str] = (*ApprovalOperator.template_fields, "required")
@@ -104,7 +119,6 @@ class ReferralPayoutApprovalOperator(ApprovalOperator):
     ) -> None:
         kwargs.setdefault("subject", f"{{{{ ti.xcom_pull(task_ids='{preview_task_id}')['subject'] }}}}")
         kwargs.setdefault("body", f"{{{{ ti.xcom_pull(task_ids='{preview_task_id}')['markdown'] }}}}")
-        kwargs.setdefault("ignore_downstream_trigger_rules", True)  # a rejection skips payroll too
         super().__init__(**kwargs)
         self.preview_task_id = preview_task_id
         self.required = required
@@ -113,31 +127,45 @@ class ReferralPayoutApprovalOperator(ApprovalOperator):
     def execute(self, context: Context) -> Any:
         with input_errors_fail_the_task():
             required = _flag(self.required, "required")
+        preview = context["ti"].xcom_pull(task_ids=self.preview_task_id) or {}
+        if preview.get("nothing_to_pay"):
+            self._record(context, preview, NOTHING_TO_PAY, "nobody (nothing to pay)")
+            if preview.get("not_payable"):
+                raise AirflowFailException(preview["nothing_to_pay"])
+            self.log.info("%s", preview["nothing_to_pay"])
+            # Raises to skip them; returns only when there is nothing downstream.
+            self.skip(ti=context["ti"], tasks=[t for t in self.get_flat_relatives(upstream=False) if not t.is_teardown])
+            return None
         if required:
             return super().execute(context)
         self.log.info("Approval is turned off for this run: paying without a person's decision")
-        self._record(context, NOT_REQUIRED, "nobody (approval not required)")
+        self._record(context, preview, NOT_REQUIRED, "nobody (approval not required)")
         return {"chosen_options": [self.APPROVE], "responded_by_user": None}
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
-        # Recorded before the parent acts on it: a rejection skips the downstream tasks by
-        # raising, so nothing after the parent's call would run.
-        if "error" not in event:  # a timeout or trigger error: the parent raises, nobody decided
-            self.validate_chosen_options(event["chosen_options"])
-            user = event.get("responded_by_user") or {}
-            who = str(user.get("name") or user.get("id") or "unknown") if isinstance(user, dict) else str(user)
-            decision = event["chosen_options"][0]
-            self._record(context, decision, who, event.get("responded_at"))
-            self.log.info("%s by %s", "Approved" if decision == self.APPROVE else "Rejected: nothing is paid", who)
-        return super().execute_complete(context, event)
+        # The standard operator's own handling validates the answer (and raises on a timeout,
+        # when nobody decided); its Approve/Reject step is replaced: a rejection fails.
+        answer = HITLOperator.execute_complete(self, context, event)
+        decision = answer["chosen_options"][0]
+        user = answer["responded_by_user"] or {}
+        who = str(user.get("name") or user.get("id") or "unknown") if isinstance(user, dict) else str(user)
+        moment = answer["responded_at"]
+        preview = context["ti"].xcom_pull(task_ids=self.preview_task_id) or {}
+        # Recorded before acting on it, so the ledger knows the decision whatever happens next.
+        self._record(context, preview, decision, who, moment)
+        self.hitl_summary_extra["approved"] = decision == self.APPROVE
+        when = _when(moment)
+        if decision != self.APPROVE:
+            raise AirflowFailException(f"Rejected by {who} at {when}: nothing paid")
+        self.log.info("Approved by %s at %s", who, when)
+        return answer
 
-    def _record(self, context: Context, decision: str, who: str, when: Any = None) -> None:
-        from datetime import datetime, timezone
-
+    def _record(
+        self, context: Context, preview: dict[str, Any], decision: str, who: str, when: datetime | None = None
+    ) -> None:
         from airflow_provider_feishu_hire.hooks.ledger import FeishuHireLedgerHook
         from airflow_provider_feishu_hire.ledger import Approval
 
-        preview = context["ti"].xcom_pull(task_ids=self.preview_task_id) or {}
         moment = when if isinstance(when, datetime) else datetime.now(timezone.utc)
         approval: Approval = Approval(
             dag_id=context["ti"].dag_id,
@@ -155,6 +183,11 @@ class ReferralPayoutApprovalOperator(ApprovalOperator):
             hook.ledger.record_approval(approval)
         finally:
             hook.close()
+
+
+def _when(moment: datetime) -> str:
+    """A decision's time as a person reads it anywhere: UTC, to the second, zone named."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _flag(value: object, field: str) -> bool:
