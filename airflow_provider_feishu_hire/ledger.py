@@ -38,15 +38,18 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-from airflow_provider_feishu_hire.withdrawal import Withdrawal
+from airflow_provider_feishu_hire.withdrawal import Withdrawal, format_money, trans_time_iso
 
 SKIPPED, SENDING, PAID, REJECTED, REVIEW = "skipped", "sending", "paid", "rejected", "review"
 UNSENT = "unsent"  # an attempt's outcome only: refused before it reached Feishu (429, token)
 OPEN_STATUSES = (SENDING, REVIEW)  # money may have moved and payroll cannot show it yet
 
 DEFAULT_LEDGER_CONN_ID = "feishu_hire_ledger"
-SCHEMA_VERSION = 2  # 2: reconciliations, registrations, approvals
+SCHEMA_VERSION = 3  # 2: reconciliations, registrations, approvals; 3: run generations, payroll batches
 _MIGRATION_LOCK = 7_463_021_905  # any constant: PostgreSQL's advisory lock for migrate()
+_PAYROLL_BATCH_LOCK = 7_463_021_906  # and for making payroll batches, one at a time
+RUN_SCOPE, DAG_SCOPE, APP_SCOPE = "run", "dag", "app"
+PAYROLL_SCOPES = (RUN_SCOPE, DAG_SCOPE, APP_SCOPE)
 # An attempt started this recently and not finished may still be waiting for Feishu's answer;
 # an older one died with its worker. (A call's retries end within the connection's budget.)
 IN_FLIGHT_SECONDS = 600
@@ -71,6 +74,7 @@ _DDL = (
         run_id TEXT NOT NULL,
         task_id TEXT NOT NULL,
         map_index INTEGER NOT NULL,
+        run_generation INTEGER NOT NULL DEFAULT 1,
         requested_at TEXT NOT NULL,
         status TEXT NOT NULL,
         sends INTEGER NOT NULL DEFAULT 0,
@@ -96,6 +100,7 @@ _DDL = (
         task_id TEXT NOT NULL,
         map_index INTEGER NOT NULL,
         try_number INTEGER NOT NULL,
+        run_generation INTEGER NOT NULL DEFAULT 1,
         started_at TEXT NOT NULL,
         finished_at TEXT,
         outcome TEXT,
@@ -112,6 +117,7 @@ _DDL = (
         amount {money} NOT NULL,
         dag_id TEXT NOT NULL,
         run_id TEXT NOT NULL,
+        payroll_batch_id BIGINT,
         PRIMARY KEY (external_order_id, bonus_type, currency))""",
     """CREATE TABLE IF NOT EXISTS feishu_hire_task_lease (
         dag_id TEXT NOT NULL,
@@ -120,6 +126,8 @@ _DDL = (
         map_index INTEGER NOT NULL,
         try_number INTEGER NOT NULL,
         taken_at TEXT NOT NULL,
+        ti_id TEXT,
+        run_generation INTEGER NOT NULL DEFAULT 1,
         PRIMARY KEY (dag_id, run_id, task_id, map_index))""",
     """CREATE TABLE IF NOT EXISTS feishu_hire_pace (
         pace_key TEXT PRIMARY KEY,
@@ -163,6 +171,52 @@ _DDL = (
         accounts INTEGER NOT NULL,
         point_bonus BIGINT NOT NULL,
         cash_bonus TEXT NOT NULL)""",
+    # Which incarnation of a DAG run a task belongs to: Airflow re-creates a deleted run under the
+    # same run_id, and its clear_number starts again at 0 with a new start_date (see run_generation).
+    """CREATE TABLE IF NOT EXISTS feishu_hire_run_generation (
+        dag_id TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        clear_number INTEGER NOT NULL,
+        run_start TEXT NOT NULL,
+        run_generation INTEGER NOT NULL,
+        seen_at TEXT NOT NULL,
+        PRIMARY KEY (dag_id, run_id, clear_number, run_start))""",
+    # A payroll batch: what one export claimed, in one transaction, and its totals when it was made.
+    """CREATE TABLE IF NOT EXISTS feishu_hire_payroll_batch (
+        id {serial},
+        scope TEXT NOT NULL,
+        scope_key TEXT NOT NULL,
+        dag_id TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        run_generation INTEGER NOT NULL,
+        task_id TEXT NOT NULL,
+        map_index INTEGER NOT NULL,
+        try_number INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        accounts INTEGER NOT NULL,
+        point_bonus BIGINT NOT NULL,
+        cash_bonus TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS feishu_hire_payroll_batch_maker ON feishu_hire_payroll_batch (dag_id, run_id)",
+    # Membership: the primary key puts every paid withdrawal in one batch at most, for ever.
+    """CREATE TABLE IF NOT EXISTS feishu_hire_payroll_batch_member (
+        external_order_id TEXT PRIMARY KEY REFERENCES feishu_hire_withdrawal (external_order_id),
+        payroll_batch_id BIGINT NOT NULL REFERENCES feishu_hire_payroll_batch (id))""",
+    "CREATE INDEX IF NOT EXISTS feishu_hire_payroll_member_batch ON feishu_hire_payroll_batch_member "
+    "(payroll_batch_id)",
+    # Which consumer has taken which batch: how an import de-duplicates repeated asset events.
+    """CREATE TABLE IF NOT EXISTS feishu_hire_payroll_delivery (
+        payroll_batch_id BIGINT NOT NULL REFERENCES feishu_hire_payroll_batch (id),
+        consumer TEXT NOT NULL,
+        delivered_at TEXT NOT NULL,
+        PRIMARY KEY (payroll_batch_id, consumer))""",
+)
+# Columns that schema 3 added to tables of schemas 1 and 2 (the DDL above has them for new ledgers).
+_ADDED_COLUMNS = (
+    ("feishu_hire_withdrawal", "run_generation", "INTEGER NOT NULL DEFAULT 1"),
+    ("feishu_hire_withdrawal_attempt", "run_generation", "INTEGER NOT NULL DEFAULT 1"),
+    ("feishu_hire_task_lease", "ti_id", "TEXT"),
+    ("feishu_hire_task_lease", "run_generation", "INTEGER NOT NULL DEFAULT 1"),
+    ("feishu_hire_payroll", "payroll_batch_id", "BIGINT"),
 )
 
 
@@ -207,6 +261,67 @@ class Approval:
     cash_bonus: dict[str, str]  # currency -> decimal string
 
 
+@dataclass(frozen=True)
+class PayrollScope:
+    """Which paid withdrawals an export may claim for a new payroll batch.
+
+    ``run``: the withdrawals sent by one generation of one DAG run (the example DAGs');
+    ``dag``: by any run of a DAG; ``app``: by one Feishu app, whatever DAG sent them.
+    Withdrawals already in a batch are never claimed again, whatever the scope.
+    """
+
+    kind: str
+    dag_id: str | None = None
+    run_id: str | None = None
+    run_generation: int = 1
+    app_id: str | None = None
+
+    def __post_init__(self) -> None:
+        needs = {RUN_SCOPE: ("dag_id", "run_id"), DAG_SCOPE: ("dag_id",), APP_SCOPE: ("app_id",)}
+        if self.kind not in needs:
+            raise ValueError(f"payroll scope {self.kind!r} is unknown: use one of {', '.join(PAYROLL_SCOPES)}")
+        missing = [name for name in needs[self.kind] if not getattr(self, name)]
+        if missing:
+            raise ValueError(f"payroll scope {self.kind!r} needs {' and '.join(missing)}")
+
+    @property
+    def key(self) -> str:
+        if self.kind == RUN_SCOPE:
+            return f"{self.dag_id}/{self.run_id}#{self.run_generation}"
+        return str(self.dag_id if self.kind == DAG_SCOPE else self.app_id)
+
+    def where(self) -> tuple[str, list[Any]]:
+        if self.kind == RUN_SCOPE:
+            return "dag_id = ? AND run_id = ? AND run_generation = ?", [self.dag_id, self.run_id, self.run_generation]
+        if self.kind == DAG_SCOPE:
+            return "dag_id = ?", [self.dag_id]
+        return "app_id = ?", [self.app_id]
+
+
+@dataclass(frozen=True)
+class PayrollBatch:
+    """One payroll batch: the paid withdrawals one export claimed, for ever, and their totals."""
+
+    id: int
+    scope: str
+    scope_key: str
+    made_by: TaskTry
+    created_at: str  # ISO 8601, UTC
+    accounts: int
+    point_bonus: int
+    cash_bonus: dict[str, Decimal]
+    members: tuple[LedgerRow, ...]
+
+    def totals(self) -> dict[str, Any]:
+        """JSON-safe totals: cash per currency as decimal strings."""
+        return {
+            "accounts": self.accounts,
+            "withdrawals": len(self.members),
+            "point_bonus": self.point_bonus,
+            "cash_bonus": {currency: format_money(amount) for currency, amount in sorted(self.cash_bonus.items())},
+        }
+
+
 class LedgerError(ValueError):
     """The ledger cannot do what was asked, and waiting will not change it; the message says what to do."""
 
@@ -219,9 +334,31 @@ class NeedsReview(LedgerError):
     """A withdrawal whose money may have moved in an amount the ledger cannot state."""
 
 
+class Superseded(LedgerError):
+    """This try of a task no longer holds its lease (a newer try, or a re-created run, took over): it sends nothing."""
+
+
+@dataclass(frozen=True)
+class TaskTry:
+    """One try of one task instance, as the ledger tells tries apart.
+
+    ``ti_id`` is Airflow's task-instance id, new for every try; ``run_generation`` is the
+    incarnation of the DAG run (:meth:`Ledger.run_generation`). Outside Airflow both may
+    be left at their defaults.
+    """
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int = -1
+    try_number: int = 1
+    ti_id: str | None = None
+    run_generation: int = 1
+
+
 @dataclass(frozen=True)
 class Intent:
-    """What is about to be sent, and by whom: recorded before the call."""
+    """What is about to be sent, and by which try: recorded before the call."""
 
     external_order_id: str
     referral_account_id: str
@@ -232,6 +369,14 @@ class Intent:
     task_id: str
     map_index: int = -1
     try_number: int = 1
+    ti_id: str | None = None
+    run_generation: int = 1
+
+    @property
+    def task_try(self) -> TaskTry:
+        return TaskTry(
+            self.dag_id, self.run_id, self.task_id, self.map_index, self.try_number, self.ti_id, self.run_generation
+        )
 
 
 @dataclass(frozen=True)
@@ -265,6 +410,8 @@ class LedgerRow:
     withdrawal: Withdrawal | None = None
     raw_answer: str | None = None
     cash: dict[str, Decimal] = field(default_factory=dict)
+    run_generation: int = 1
+    payroll_batch_id: int | None = None
 
     def describe_problem(self) -> str:
         """Why this row is not settled, for a person: the facts first."""
@@ -280,11 +427,13 @@ class LedgerRow:
 
 
 def _ledger_row(values: Sequence[Any], cash: dict[str, Decimal]) -> LedgerRow:
-    order_id, account, status, dag_id, run_id, task_id, sends, trans_time, points, code, msg, log_id, raw = values
+    (order_id, account, status, dag_id, run_id, task_id, sends, trans_time, points, code, msg, log_id, raw,
+     generation, batch_id) = values  # fmt: skip
     withdrawal = Withdrawal(account, order_id, int(trans_time), int(points or 0), cash) if status == PAID else None
     return LedgerRow(
-        order_id, account, status, dag_id, run_id, task_id, sends, code, msg, log_id, withdrawal, raw, cash
-    )
+        order_id, account, status, dag_id, run_id, task_id, sends, code, msg, log_id, withdrawal, raw, cash,
+        int(generation), None if batch_id is None else int(batch_id),
+    )  # fmt: skip
 
 
 def _now() -> str:
@@ -395,13 +544,91 @@ class Ledger:
                 cur.execute(statement.format(**types))
             cur.execute("SELECT max(version) FROM feishu_hire_ledger_schema")
             (version,) = cur.fetchone()
-            if version is None or version < SCHEMA_VERSION:  # the DDL above added what was missing
+            if version is None or version < SCHEMA_VERSION:  # the DDL above added the missing tables
+                for table, column, spelling in _ADDED_COLUMNS:
+                    cur.execute(f"SELECT * FROM {table} WHERE 1 = 0")
+                    if column not in cur.columns():
+                        cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {spelling}")
+                if version is not None and version < 3:
+                    self._batch_legacy_payroll(cur)
                 cur.execute("INSERT INTO feishu_hire_ledger_schema VALUES (?, ?)", (SCHEMA_VERSION, _now()))
             elif version > SCHEMA_VERSION:
                 raise LedgerError(
                     f"the ledger's schema is version {version}, newer than this provider's {SCHEMA_VERSION}: "
                     "upgrade airflow-provider-feishu-hire on every worker"
                 )
+
+    def _batch_legacy_payroll(self, cur: _Cursor) -> None:
+        """Schema 2 exported payroll by DAG run without batches: each run's exported rows become one batch.
+
+        Without this, the first export under schema 3 would claim withdrawals that payroll
+        already holds and hand them downstream a second time. Paid withdrawals that were
+        never written to the payroll table stay unbatched, for the next export to claim.
+        """
+        cur.execute(
+            "SELECT DISTINCT p.dag_id, p.run_id FROM feishu_hire_payroll p WHERE p.payroll_batch_id IS NULL "
+            "ORDER BY 1, 2"
+        )
+        for dag_id, run_id in cur.fetchall():
+            cur.execute(
+                "SELECT DISTINCT p.external_order_id FROM feishu_hire_payroll p JOIN feishu_hire_withdrawal w "
+                "ON w.external_order_id = p.external_order_id WHERE p.dag_id = ? AND p.run_id = ? "
+                "AND p.payroll_batch_id IS NULL AND w.status = ? ORDER BY 1",
+                (dag_id, run_id, PAID),
+            )
+            orders = [order_id for (order_id,) in cur.fetchall()]
+            members = self._paid_rows(cur, orders)
+            maker = TaskTry(dag_id, run_id, "schema 2 export", -1, 0)
+            batch_id = self._insert_batch(cur, "legacy", f"{dag_id}/{run_id}", maker, members)
+            cur.execute(
+                "UPDATE feishu_hire_payroll SET payroll_batch_id = ? WHERE dag_id = ? AND run_id = ? "
+                "AND payroll_batch_id IS NULL",
+                (batch_id, dag_id, run_id),
+            )
+
+    # -- which incarnation of a DAG run ---------------------------------------------------------
+
+    def run_generation(self, dag_id: str, run_id: str, clear_number: int, run_start: str) -> int:
+        """The incarnation of the DAG run ``(dag_id, run_id)`` that a task seeing these run facts belongs to.
+
+        Airflow lets a run be deleted and created again under the same ``run_id`` (scheduled
+        and logical-date runs have deterministic ids). Its ``clear_number`` counts the clears
+        of one run, from 0, and every clear gives the run a new ``start_date``; a re-created
+        run starts again at 0 with a new ``start_date``. So facts seen before belong to the
+        generation that saw them, a higher ``clear_number`` than any seen is a clear of the
+        newest generation, and anything else is a new generation.
+        """
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT run_generation FROM feishu_hire_run_generation WHERE dag_id = ? AND run_id = ? "
+                "AND clear_number = ? AND run_start = ?",
+                (dag_id, run_id, clear_number, run_start),
+            )
+            found = cur.fetchone()
+            if found is not None:
+                return int(found[0])
+            cur.execute(
+                "SELECT run_generation, max(clear_number) FROM feishu_hire_run_generation WHERE dag_id = ? AND "
+                "run_id = ? GROUP BY run_generation ORDER BY run_generation DESC",
+                (dag_id, run_id),
+            )
+            newest = cur.fetchone()
+            if newest is None:
+                generation = 1
+            else:
+                generation = int(newest[0]) if clear_number > int(newest[1]) else int(newest[0]) + 1
+            # Tasks of one run that start together compute the same answer: the first insert wins.
+            cur.execute(
+                "INSERT INTO feishu_hire_run_generation VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (dag_id, run_id, clear_number, run_start) DO NOTHING",
+                (dag_id, run_id, clear_number, run_start, generation, _now()),
+            )
+            cur.execute(
+                "SELECT run_generation FROM feishu_hire_run_generation WHERE dag_id = ? AND run_id = ? "
+                "AND clear_number = ? AND run_start = ?",
+                (dag_id, run_id, clear_number, run_start),
+            )
+            return int(cur.fetchone()[0])
 
     # -- before and after a withdrawal --------------------------------------------------------
 
@@ -414,6 +641,7 @@ class Ledger:
         """
         now = _now()
         with self._transaction() as cur:
+            self._check_lease(cur, intent.task_try)
             self._insert(cur, intent, SENDING, now)
             row = self._row(cur, intent.external_order_id, lock=True)
             self._check_same_withdrawal(cur, intent, row)
@@ -424,16 +652,29 @@ class Ledger:
                     f"Review order {intent.external_order_id} of referral account {intent.referral_account_id} "
                     f"before paying it again: {row.error_msg}. It is not re-sent automatically."
                 )
-            # The row was just inserted (sends 0), or skipped/rejected/sending before.
+            # The row was just inserted (sends 0), or skipped/rejected/sending before. Whichever try
+            # sends it owns it from now on: its run's payroll is where the payment belongs.
             uncertain = row.status == SENDING and row.sends > 0
             cur.execute(
-                "UPDATE feishu_hire_withdrawal SET status = ?, sends = sends + 1, updated_at = ? "
+                "UPDATE feishu_hire_withdrawal SET status = ?, sends = sends + 1, updated_at = ?, dag_id = ?, "
+                "run_id = ?, task_id = ?, map_index = ?, run_generation = ? "
                 "WHERE external_order_id = ? AND status NOT IN (?, ?)",
-                (SENDING, now, intent.external_order_id, PAID, REVIEW),
+                (
+                    SENDING,
+                    now,
+                    intent.dag_id,
+                    intent.run_id,
+                    intent.task_id,
+                    intent.map_index,
+                    intent.run_generation,
+                    intent.external_order_id,
+                    PAID,
+                    REVIEW,
+                ),
             )
             cur.execute(
                 "INSERT INTO feishu_hire_withdrawal_attempt (external_order_id, dag_id, run_id, task_id, "
-                "map_index, try_number, started_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "map_index, try_number, run_generation, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     intent.external_order_id,
                     intent.dag_id,
@@ -441,6 +682,7 @@ class Ledger:
                     intent.task_id,
                     intent.map_index,
                     intent.try_number,
+                    intent.run_generation,
                     now,
                 ),
             )
@@ -458,15 +700,47 @@ class Ledger:
         status: a zero balance may be that send's payment, so the caller must claim and
         send again (Feishu replays the original; it costs a call, never money).
         """
+        return self._settle_unsent(intent, SKIPPED, None, reason)
+
+    def refuse(self, intent: Intent, code: int | None, reason: str) -> bool:
+        """Record that Feishu refused this account before any withdrawal was sent (its balance read).
+
+        The run's payroll export then names the account: every account a run was asked to
+        pay ends in the ledger with an outcome. Like :meth:`skip`, never recorded over an
+        order id that was ever sent (returns False).
+        """
+        return self._settle_unsent(intent, REJECTED, code, reason)
+
+    def _settle_unsent(self, intent: Intent, status: str, code: int | None, reason: str) -> bool:
+        """Settle an order id as ``skipped`` or ``rejected`` without a send, unless a send may have moved money.
+
+        A row whose every send Feishu refused (``rejected``) holds no payment, so a later balance
+        read that shows nothing settles it as skipped (Feishu may answer an empty withdrawal
+        with an error, and that must not be re-sent for ever).
+        """
+        now = _now()
         with self._transaction() as cur:
-            self._insert(cur, intent, SKIPPED, _now())
+            self._check_lease(cur, intent.task_try)
+            self._insert(cur, intent, status, now)
             row = self._row(cur, intent.external_order_id, lock=True)
             self._check_same_withdrawal(cur, intent, row)
-            if row.status != SKIPPED or row.sends:
+            if not (row.status in (SKIPPED, REJECTED) and (row.sends == 0 or row.status == REJECTED)):
                 return False  # sent before: its zero balance may be that send's payment
             cur.execute(
-                "UPDATE feishu_hire_withdrawal SET error_msg = ?, updated_at = ? WHERE external_order_id = ?",
-                (reason, _now(), intent.external_order_id),
+                "UPDATE feishu_hire_withdrawal SET status = ?, error_code = ?, error_msg = ?, updated_at = ?, "
+                "dag_id = ?, run_id = ?, task_id = ?, map_index = ?, run_generation = ? WHERE external_order_id = ?",
+                (
+                    status,
+                    code,
+                    reason,
+                    now,
+                    intent.dag_id,
+                    intent.run_id,
+                    intent.task_id,
+                    intent.map_index,
+                    intent.run_generation,
+                    intent.external_order_id,
+                ),
             )
             return True
 
@@ -566,37 +840,69 @@ class Ledger:
 
     # -- which try of a task is the live one ---------------------------------------------------
 
-    def take_lease(self, intent: Intent) -> int:
-        """Record that ``intent.try_number`` of its task instance is running; return the newest try on record.
+    def take_lease(self, task: TaskTry) -> Lease:
+        """Make ``task`` the live try of its task instance if it is the newest; return who holds the lease.
 
-        A try whose worker was killed can live on as an orphan beside its retry. Both are
-        safe (same order ids, one ledger) but the orphan spends the same rate limit; a
-        batch that sees a newer try in the lease stops sending.
+        A try whose worker was presumed dead can live on as a zombie beside its retry, and a
+        deleted run can be re-created under the same ``run_id`` while the old one's tries
+        live on. The newest try of the newest run generation holds the lease; every claim
+        checks it in its own transaction, so any other try sends nothing.
         """
-        key = (intent.dag_id, intent.run_id, intent.task_id, intent.map_index)
         with self._transaction() as cur:
+            return self._take_lease(cur, task, first=True)
+
+    def _take_lease(self, cur: _Cursor, task: TaskTry, *, first: bool) -> Lease:
+        """Take the lease for a newer try; ``first`` also takes a lease nobody holds yet."""
+        holder = self._lease(cur, task, lock=True)
+        if holder is None and not first:
+            return Lease(task.try_number, task.run_generation, held=True)  # a caller that takes no lease
+        if holder is None or _newer(task, holder):
             cur.execute(
-                "INSERT INTO feishu_hire_task_lease (dag_id, run_id, task_id, map_index, try_number, taken_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dag_id, run_id, task_id, map_index) DO UPDATE SET "
-                "try_number = excluded.try_number, taken_at = excluded.taken_at "
-                "WHERE feishu_hire_task_lease.try_number < excluded.try_number",
-                (*key, intent.try_number, _now()),
+                "DELETE FROM feishu_hire_task_lease WHERE dag_id = ? AND run_id = ? AND task_id = ? AND map_index = ?",
+                (task.dag_id, task.run_id, task.task_id, task.map_index),
             )
-            return self._lease_holder(cur, key)
+            cur.execute(
+                "INSERT INTO feishu_hire_task_lease (dag_id, run_id, task_id, map_index, try_number, taken_at, "
+                "ti_id, run_generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    task.dag_id,
+                    task.run_id,
+                    task.task_id,
+                    task.map_index,
+                    task.try_number,
+                    _now(),
+                    task.ti_id,
+                    task.run_generation,
+                ),
+            )
+            return Lease(task.try_number, task.run_generation, held=True)
+        return Lease(holder.try_number, holder.run_generation, held=_same_try(task, holder))
 
-    def lease_holder(self, intent: Intent) -> int:
-        """The newest try of ``intent``'s task instance that has taken the lease."""
+    def lease(self, task: TaskTry) -> Lease:
+        """Who holds ``task``'s lease now (``held`` when ``task`` does, or nobody took one)."""
         with self._transaction(write=False) as cur:
-            return self._lease_holder(cur, (intent.dag_id, intent.run_id, intent.task_id, intent.map_index))
+            holder = self._lease(cur, task)
+        if holder is None:
+            return Lease(task.try_number, task.run_generation, held=True)
+        return Lease(holder.try_number, holder.run_generation, held=_same_try(task, holder))
 
-    def _lease_holder(self, cur: _Cursor, key: tuple[str, str, str, int]) -> int:
+    def _lease(self, cur: _Cursor, task: TaskTry, *, lock: bool = False) -> TaskTry | None:
         cur.execute(
-            "SELECT try_number FROM feishu_hire_task_lease WHERE dag_id = ? AND run_id = ? AND task_id = ? "
-            "AND map_index = ?",
-            key,
+            "SELECT try_number, ti_id, run_generation FROM feishu_hire_task_lease WHERE dag_id = ? AND run_id = ? "
+            "AND task_id = ? AND map_index = ?" + (" FOR UPDATE" if lock and self.dialect == "postgresql" else ""),
+            (task.dag_id, task.run_id, task.task_id, task.map_index),
         )
-        row = cur.fetchone()
-        return int(row[0]) if row else 0
+        found = cur.fetchone()
+        if found is None:
+            return None
+        try_number, ti_id, generation = found
+        return TaskTry(task.dag_id, task.run_id, task.task_id, task.map_index, int(try_number), ti_id, int(generation))
+
+    def _check_lease(self, cur: _Cursor, task: TaskTry) -> None:
+        """Refuse a try that no longer holds its task's lease (a newer one takes it over, as Airflow started it)."""
+        lease = self._take_lease(cur, task, first=False)
+        if not lease.held:
+            raise Superseded(lease.describe(task))
 
     # -- one pace for every worker -----------------------------------------------------------
 
@@ -619,6 +925,149 @@ class Ledger:
             cur.execute("UPDATE feishu_hire_pace SET next_slot = ? WHERE pace_key = ?", (slot + interval, pace_key))
         return slot
 
+    # -- payroll batches ------------------------------------------------------------------------
+
+    def make_payroll_batch(self, scope: PayrollScope, maker: TaskTry) -> PayrollBatch | None:
+        """Claim, in one transaction, every paid withdrawal in ``scope`` that is in no batch yet.
+
+        Returns the new batch, or None when there is nothing to claim. The batch's lines go
+        into the payroll table in the same transaction, so the table holds exactly the
+        batches. Batches are made one at a time (a lock), and membership is a primary key:
+        a withdrawal is in one batch at most, whichever exports race for it.
+        """
+        where, params = scope.where()
+        with self._transaction() as cur:
+            if self.dialect == "postgresql":
+                cur.execute("SELECT pg_advisory_xact_lock(?)", (_PAYROLL_BATCH_LOCK,))
+            members = self._select_in(
+                cur,
+                f"status = ? AND {where} AND external_order_id NOT IN "
+                "(SELECT external_order_id FROM feishu_hire_payroll_batch_member)",
+                [PAID, *params],
+            )
+            if not members:
+                return None
+            batch_id = self._insert_batch(cur, scope.kind, scope.key, maker, members)
+            for row in members:
+                paid = row.withdrawal
+                assert paid is not None
+                for bonus_type, currency, amount in paid.payroll_items():
+                    cur.execute(
+                        "INSERT INTO feishu_hire_payroll (external_order_id, bonus_type, currency, "
+                        "referral_account_id, trans_time, amount, dag_id, run_id, payroll_batch_id) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            row.external_order_id,
+                            bonus_type,
+                            currency,
+                            row.referral_account_id,
+                            trans_time_iso(paid.trans_time),
+                            self._money(Decimal(amount)),
+                            row.dag_id,
+                            row.run_id,
+                            batch_id,
+                        ),
+                    )
+            return self._batches(cur, "id = ?", [batch_id])[0]
+
+    def payroll_batches(
+        self, *, made_by: TaskTry | None = None, payroll_batch_id: int | None = None
+    ) -> list[PayrollBatch]:
+        """Batches with their members, oldest first: those one task instance of one run generation made
+        (any try), one by id, or all."""
+        where, params = "1 = 1", []
+        if made_by is not None:
+            where = "dag_id = ? AND run_id = ? AND run_generation = ? AND task_id = ? AND map_index = ?"
+            params = [made_by.dag_id, made_by.run_id, made_by.run_generation, made_by.task_id, made_by.map_index]
+        if payroll_batch_id is not None:
+            where, params = f"{where} AND id = ?", [*params, payroll_batch_id]
+        with self._transaction(write=False) as cur:
+            return self._batches(cur, where, params)
+
+    def payroll_batch_ids(self, scope: PayrollScope) -> list[int]:
+        """The ids of the batches made for ``scope``, oldest first (cheap: no members)."""
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                "SELECT id FROM feishu_hire_payroll_batch WHERE scope = ? AND scope_key = ? ORDER BY id",
+                (scope.kind, scope.key),
+            )
+            return [int(batch_id) for (batch_id,) in cur.fetchall()]
+
+    def record_delivery(self, payroll_batch_id: int, consumer: str) -> bool:
+        """Note that ``consumer`` has taken a batch; False when it had already: how an import skips repeats."""
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO feishu_hire_payroll_delivery VALUES (?, ?, ?) "
+                "ON CONFLICT (payroll_batch_id, consumer) DO NOTHING",
+                (payroll_batch_id, consumer, _now()),
+            )
+            return cur.rowcount == 1
+
+    def _insert_batch(self, cur: _Cursor, scope: str, key: str, maker: TaskTry, members: Sequence[LedgerRow]) -> int:
+        cash: dict[str, Decimal] = {}
+        for row in members:
+            for currency, amount in row.cash.items():
+                cash[currency] = cash.get(currency, Decimal(0)) + amount
+        cur.execute(
+            "INSERT INTO feishu_hire_payroll_batch (scope, scope_key, dag_id, run_id, run_generation, task_id, "
+            "map_index, try_number, created_at, accounts, point_bonus, cash_bonus) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (
+                scope,
+                key,
+                maker.dag_id,
+                maker.run_id,
+                maker.run_generation,
+                maker.task_id,
+                maker.map_index,
+                maker.try_number,
+                _now(),
+                len({row.referral_account_id for row in members}),
+                sum(row.withdrawal.point_bonus for row in members if row.withdrawal is not None),
+                json.dumps({currency: format_money(amount) for currency, amount in cash.items()}, sort_keys=True),
+            ),
+        )
+        (batch_id,) = cur.fetchone()
+        for row in members:
+            cur.execute(
+                "INSERT INTO feishu_hire_payroll_batch_member (external_order_id, payroll_batch_id) VALUES (?, ?)",
+                (row.external_order_id, batch_id),
+            )
+        return int(batch_id)
+
+    def _batches(self, cur: _Cursor, where: str, params: Sequence[Any]) -> list[PayrollBatch]:
+        cur.execute(
+            "SELECT id, scope, scope_key, dag_id, run_id, run_generation, task_id, map_index, try_number, "
+            f"created_at, accounts, point_bonus, cash_bonus FROM feishu_hire_payroll_batch WHERE {where} ORDER BY id",
+            params,
+        )
+        found = cur.fetchall()
+        batches = []
+        for values in found:
+            batch_id, scope, key, dag, run, generation, task, map_index, try_number, created, accounts, points, cash = (
+                values
+            )
+            members = self._select_in(
+                cur,
+                "external_order_id IN (SELECT external_order_id FROM feishu_hire_payroll_batch_member "
+                "WHERE payroll_batch_id = ?)",
+                [batch_id],
+            )
+            batches.append(
+                PayrollBatch(
+                    int(batch_id),
+                    scope,
+                    key,
+                    TaskTry(dag, run, task, int(map_index), int(try_number), None, int(generation)),
+                    created,
+                    int(accounts),
+                    int(points),
+                    {currency: Decimal(amount) for currency, amount in json.loads(cash).items()},
+                    tuple(members),
+                )
+            )
+        return batches
+
     # -- reading ------------------------------------------------------------------------------
 
     def get(self, external_order_id: str) -> LedgerRow | None:
@@ -634,9 +1083,12 @@ class Ledger:
         end_trans_time: int | None = None,
         statuses: Sequence[str] = (),
         requested_before: str | None = None,
+        run_generation: int | None = None,
+        app_id: str | None = None,
+        payroll_batch_id: int | None = None,
     ) -> list[LedgerRow]:
-        """Withdrawals by DAG run, by ``trans_time`` in ``[start, end)`` (ms; paid ones only have one), by
-        status, or first requested before an ISO 8601 UTC time."""
+        """Withdrawals by DAG run (and its generation), app, payroll batch, ``trans_time`` in ``[start, end)``
+        (ms; paid ones only have one), status, or first requested before an ISO 8601 UTC time."""
         where: list[str] = []
         params: list[Any] = []
         if isinstance(statuses, str):
@@ -650,6 +1102,13 @@ class Ledger:
             ("trans_time >= ?", start_trans_time),
             ("trans_time < ?", end_trans_time),
             ("requested_at < ?", requested_before),
+            ("run_generation = ?", run_generation),
+            ("app_id = ?", app_id),
+            (
+                "external_order_id IN (SELECT external_order_id FROM feishu_hire_payroll_batch_member "
+                "WHERE payroll_batch_id = ?)",
+                payroll_batch_id,
+            ),
         ):
             if value is not None:
                 where.append(clause)
@@ -812,24 +1271,34 @@ class Ledger:
 
     _COLUMNS = (
         "external_order_id, referral_account_id, status, dag_id, run_id, task_id, sends, trans_time, point_bonus, "
-        "error_code, error_msg, log_id, raw_answer"
+        "error_code, error_msg, log_id, raw_answer, run_generation, (SELECT m.payroll_batch_id FROM "
+        "feishu_hire_payroll_batch_member m WHERE m.external_order_id = feishu_hire_withdrawal.external_order_id)"
     )
 
     def _select(self, where: str, params: Sequence[Any]) -> list[LedgerRow]:
-        """Rows matching ``where``, with their cash, in two queries whatever their number."""
         with self._transaction(write=False) as cur:
-            selected = f"SELECT external_order_id FROM feishu_hire_withdrawal WHERE {where}"
-            cur.execute(f"SELECT {self._COLUMNS} FROM feishu_hire_withdrawal WHERE {where} ORDER BY 1", params)
-            found = cur.fetchall()
-            cur.execute(
-                "SELECT external_order_id, currency_type, amount FROM feishu_hire_withdrawal_cash "
-                f"WHERE external_order_id IN ({selected})",
-                params,
-            )
-            cash: dict[str, dict[str, Decimal]] = {}
-            for order_id, currency, amount in cur.fetchall():
-                cash.setdefault(order_id, {})[currency] = Decimal(str(amount))
+            return self._select_in(cur, where, params)
+
+    def _select_in(self, cur: _Cursor, where: str, params: Sequence[Any]) -> list[LedgerRow]:
+        """Rows matching ``where``, with their cash, in two queries whatever their number."""
+        selected = f"SELECT external_order_id FROM feishu_hire_withdrawal WHERE {where}"
+        cur.execute(f"SELECT {self._COLUMNS} FROM feishu_hire_withdrawal WHERE {where} ORDER BY 1", params)
+        found = cur.fetchall()
+        cur.execute(
+            "SELECT external_order_id, currency_type, amount FROM feishu_hire_withdrawal_cash "
+            f"WHERE external_order_id IN ({selected})",
+            params,
+        )
+        cash: dict[str, dict[str, Decimal]] = {}
+        for order_id, currency, amount in cur.fetchall():
+            cash.setdefault(order_id, {})[currency] = Decimal(str(amount))
         return [_ledger_row(values, cash.get(values[0], {})) for values in found]
+
+    def _paid_rows(self, cur: _Cursor, order_ids: Sequence[str]) -> list[LedgerRow]:
+        if not order_ids:
+            return []
+        marks = ", ".join("?" for _ in order_ids)
+        return self._select_in(cur, f"status = ? AND external_order_id IN ({marks})", [PAID, *order_ids])
 
     def _row(self, cur: _Cursor, order_id: str, *, lock: bool = False) -> LedgerRow:
         """The row; ``lock`` holds it until the transaction ends (SQLite's BEGIN IMMEDIATE holds the file)."""
@@ -888,6 +1357,49 @@ class Ledger:
         return amount if self.dialect == "postgresql" else format(amount, "f")
 
 
+@dataclass(frozen=True)
+class Lease:
+    """The try holding a task instance's lease; ``held`` says whether it is the one that asked."""
+
+    try_number: int
+    run_generation: int
+    held: bool
+
+    def describe(self, task: TaskTry) -> str:
+        """Why ``task`` may not send, for a person."""
+        holder = TaskTry(
+            task.dag_id, task.run_id, task.task_id, task.map_index, self.try_number, None, self.run_generation
+        )
+        return _superseded_message(task, holder)
+
+
+def _same_try(task: TaskTry, holder: TaskTry) -> bool:
+    return (task.run_generation, task.try_number, task.ti_id) == (
+        holder.run_generation,
+        holder.try_number,
+        holder.ti_id,
+    )
+
+
+def _newer(task: TaskTry, holder: TaskTry) -> bool:
+    """A later run generation, or a later try of the same one: Airflow never runs an older try again."""
+    if task.run_generation != holder.run_generation:
+        return task.run_generation > holder.run_generation
+    return task.try_number > holder.try_number
+
+
+def _superseded_message(task: TaskTry, holder: TaskTry) -> str:
+    if holder.run_generation > task.run_generation:
+        return f"DAG run {task.run_id} was deleted and created again: this try of the deleted run sends nothing"
+    if holder.run_generation == task.run_generation and holder.try_number > task.try_number:
+        return f"try {holder.try_number} of this task has started, so try {task.try_number} sends nothing"
+    return (
+        f"try {task.try_number} of task {task.task_id} in DAG run {task.run_id} is not the try the ledger knows "
+        f"(try {holder.try_number} of run generation {holder.run_generation}): was the DAG run deleted and "
+        "created again while it was cleared? Trigger it under a new run_id"
+    )
+
+
 class _Cursor:
     """A DB-API cursor that takes ``?`` placeholders on every database."""
 
@@ -907,6 +1419,10 @@ class _Cursor:
     @property
     def rowcount(self) -> int:
         return int(self._cursor.rowcount)
+
+    def columns(self) -> set[str]:
+        """The column names of the last query's result."""
+        return {described[0] for described in self._cursor.description}
 
 
 def raw_json(data: object) -> str:

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -25,12 +25,16 @@ from airflow_provider_feishu_hire.ledger import (
     PAID,
     REJECTED,
     REVIEW,
+    RUN_SCOPE,
     SENDING,
     SKIPPED,
     Intent,
     Ledger,
     NeedsReview,
     OrderIdConflict,
+    PayrollScope,
+    Superseded,
+    TaskTry,
     raw_json,
 )
 from airflow_provider_feishu_hire.withdrawal import (
@@ -38,6 +42,7 @@ from airflow_provider_feishu_hire.withdrawal import (
     POINTS,
     UnreadableAnswer,
     Withdrawal,
+    format_cash,
     format_money,
     parse_withdrawal,
 )
@@ -71,9 +76,17 @@ def withdraw_account(client: FeishuClient, ledger: Ledger, intent: Intent, *, ch
     ``check_balance`` reads the balance first and records a skip when there is nothing
     to withdraw, unless the ledger already holds a send under this order id: then the
     zero may be our own earlier payment, and the same order id is sent again so that
-    Feishu replays what it paid. Raises ``OrderIdConflict`` (a ``ValueError``) before
-    sending when the order id belongs to another account.
+    Feishu replays what it paid. A refusal of the balance read is recorded too, so the
+    run's payroll export names the account. Raises ``OrderIdConflict`` (a ``ValueError``)
+    before sending when the order id belongs to another account, and ``Superseded`` when
+    this try no longer holds its task's lease.
     """
+    if intent.run_generation > 1:
+        _settle_deleted_runs_orders(client, ledger, intent)
+    return _withdraw(client, ledger, intent, check_balance=check_balance)
+
+
+def _withdraw(client: FeishuClient, ledger: Ledger, intent: Intent, *, check_balance: bool) -> Outcome:
     account_id, order_id = intent.referral_account_id, intent.external_order_id
     if check_balance:
         known = ledger.get(order_id)
@@ -81,10 +94,12 @@ def withdraw_account(client: FeishuClient, ledger: Ledger, intent: Intent, *, ch
             try:
                 assets = client.get_account_assets(account_id)
             except FeishuAPIError as err:
-                return Outcome(account_id, order_id, SENDING if err.retryable else REJECTED, None, err.code, str(err))
-            if _nothing_to_withdraw(assets, intent.withdraw_bonus_type) and ledger.skip(
-                intent, "nothing to withdraw at the balance check"
-            ):
+                if err.retryable:
+                    return Outcome(account_id, order_id, SENDING, None, err.code, str(err))
+                ledger.refuse(intent, err.code, f"balance read refused: {err}")
+                return Outcome(account_id, order_id, REJECTED, None, err.code, str(err))
+            seen = _nothing_to_withdraw(assets, intent.withdraw_bonus_type)
+            if seen is not None and ledger.skip(intent, f"nothing to withdraw at the balance check ({seen})"):
                 return Outcome(account_id, order_id, SKIPPED, message="nothing to withdraw")
     try:
         claim = ledger.claim(intent)
@@ -125,20 +140,60 @@ def withdraw_account(client: FeishuClient, ledger: Ledger, intent: Intent, *, ch
     row = ledger.record_paid(claim, withdrawal)
     if row.status == REVIEW:  # another try's unreadable answer came first: a person settles it
         return Outcome(account_id, order_id, REVIEW, message=row.describe_problem())
+    _warn_if_after_payroll(ledger, intent)
     return Outcome(account_id, order_id, PAID, withdrawal)
 
 
-def _nothing_to_withdraw(assets: dict[str, Any], bonus_types: Sequence[int]) -> bool:
-    """True only for a balance that clearly holds nothing of the chosen kinds; anything unclear is sent."""
+def _settle_deleted_runs_orders(client: FeishuClient, ledger: Ledger, intent: Intent) -> None:
+    """Send again the open orders a deleted incarnation of this run left for this task and account.
+
+    Their outcome is unknown (the deleted run's worker died mid-send): sending the same
+    order id again makes Feishu replay or complete it, and this run, which sent it, then
+    carries it to payroll. The account's new balance is withdrawn under this run's own
+    order id afterwards.
+    """
+    for row in ledger.rows(dag_id=intent.dag_id, run_id=intent.run_id, statuses=(SENDING,)):
+        if (row.task_id, row.referral_account_id) == (intent.task_id, intent.referral_account_id) and (
+            row.run_generation < intent.run_generation
+        ):
+            log.warning(
+                "Order %s of referral account %s was left without an outcome by a deleted run %s: sending it "
+                "again to settle it",
+                row.external_order_id,
+                row.referral_account_id,
+                intent.run_id,
+            )
+            _withdraw(client, ledger, replace(intent, external_order_id=row.external_order_id), check_balance=False)
+
+
+def _warn_if_after_payroll(ledger: Ledger, intent: Intent) -> None:
+    """A payment recorded after its run's payroll batch was made is in no batch yet: say so, loudly."""
+    scope = PayrollScope(RUN_SCOPE, intent.dag_id, intent.run_id, intent.run_generation)
+    made = ledger.payroll_batch_ids(scope)
+    if made:
+        log.warning(
+            "Order %s of referral account %s was paid after this run's payroll batch %s was made: it is in no "
+            "payroll batch yet. The next export of this run (clear its payroll task) or of this DAG or app "
+            "puts it in a new batch",
+            intent.external_order_id,
+            intent.referral_account_id,
+            made[-1],
+        )
+
+
+def _nothing_to_withdraw(assets: dict[str, Any], bonus_types: Sequence[int]) -> str | None:
+    """The balance seen, when it clearly holds nothing of the chosen kinds; None (send) for anything unclear."""
     try:
         balance = parse_account_assets("", assets)
     except UnreadableAnswer:
-        return False
+        return None
     if not balance.enabled:
-        return False  # deactivated: let Feishu refuse it, so the ledger says why it was not paid
+        return None  # deactivated: let Feishu refuse it, so the ledger says why it was not paid
     points = POINTS in bonus_types and balance.point_bonus != 0
     cash = CASH in bonus_types and any(amount != 0 for amount in balance.cash_bonus.values())
-    return not (points or cash)
+    if points or cash:
+        return None
+    return f"balance {balance.point_bonus} points, cash {format_cash(balance.cash_bonus) or 'none'}"
 
 
 @dataclass
@@ -151,7 +206,7 @@ class BatchSummary:
     """
 
     total: int = 0
-    superseded_by: int = 0  # a newer try of this task took over: this one stopped sending
+    superseded: str = ""  # why this try stopped sending: a newer try, or a re-created run, took over
     paid: int = 0
     carried_over: int = 0
     skipped: int = 0
@@ -190,7 +245,7 @@ class BatchSummary:
     def as_xcom(self) -> dict[str, Any]:
         return {
             "total": self.total,
-            "superseded_by": self.superseded_by,
+            "superseded": self.superseded,
             "paid": self.paid,
             "carried_over": self.carried_over,
             "skipped": self.skipped,
@@ -219,29 +274,34 @@ def withdraw_batch(
     (a database connection each). An account listed twice is settled once. Every
     ``lease_check_seconds`` the batch looks whether a newer try of its task has started
     (its worker was presumed dead, but this process lives on); if so it stops sending,
-    settles what is in flight and returns with ``superseded_by`` set.
+    settles what is in flight and returns with ``superseded`` saying why. Every claim checks
+    the lease too, in its own transaction, so no superseded try sends between two checks.
     """
     summary = BatchSummary()
-    lease: Intent | None = None
+    task: TaskTry | None = None
     next_lease_check = 0.0
     stopped = threading.Event()  # superseded: queued accounts are left to the newer try
 
     def superseded(account_id: str) -> bool:
-        nonlocal lease, next_lease_check
-        if lease is None:
-            lease = intent_for(account_id)
-            holder = ledger.take_lease(lease)
+        nonlocal task, next_lease_check
+        if task is None:
+            task = intent_for(account_id).task_try
+            lease = ledger.take_lease(task)
         elif time.monotonic() >= next_lease_check:
-            holder = ledger.lease_holder(lease)
+            lease = ledger.lease(task)
         else:
             return False
         next_lease_check = time.monotonic() + lease_check_seconds
-        if holder > lease.try_number:
-            stopped.set()
-            summary.superseded_by = holder
-            log.warning("Try %d of this task has started: try %d stops sending", holder, lease.try_number)
+        if not lease.held:
+            stop(lease.describe(task))
             return True
         return False
+
+    def stop(why: str) -> None:
+        if not stopped.is_set():
+            stopped.set()
+            summary.superseded = why
+            log.warning("This try stops sending: %s", why)
 
     def settle(account_id: str) -> Outcome | None:
         """One account's outcome, whatever goes wrong: one account never stops the others."""
@@ -250,6 +310,9 @@ def withdraw_batch(
         intent = intent_for(account_id)
         try:
             return withdraw_account(client, ledger, intent, check_balance=check_balances)
+        except Superseded as exc:  # found where the order is claimed, between two lease checks
+            stop(str(exc))
+            return None
         except OrderIdConflict as exc:
             return Outcome(account_id, intent.external_order_id, REJECTED, message=str(exc))
         except Exception as exc:  # the ledger's database, an odd answer: unknown, so a retry resends

@@ -12,17 +12,24 @@ import os
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import pendulum
-
 from airflow_provider_feishu_hire.ledger import OPEN_STATUSES, PAID, SENDING, SKIPPED, LedgerRow
-from airflow_provider_feishu_hire.withdrawal import format_money, plural
+from airflow_provider_feishu_hire.withdrawal import format_money, plural, trans_time_iso
 
-COLUMNS = ("referral_account_id", "external_order_id", "trans_time", "bonus_type", "currency", "amount")
+COLUMNS = (
+    "referral_account_id",
+    "external_order_id",
+    "trans_time",
+    "bonus_type",
+    "currency",
+    "amount",
+    "payroll_batch_id",
+)
 TABLE_COLUMNS = (*COLUMNS, "dag_id", "run_id")
 
 
@@ -30,18 +37,11 @@ class PayrollError(Exception):
     """The payroll cannot be written as asked; nothing was changed."""
 
 
-def trans_time_iso(trans_time: str | int) -> str:
-    """Feishu's ``trans_time`` (milliseconds since the epoch) as ISO 8601 in UTC."""
-    millis = int(trans_time)
-    moment = pendulum.from_timestamp(millis // 1000, tz="UTC").add(microseconds=(millis % 1000) * 1000)
-    return moment.isoformat(timespec="milliseconds")
-
-
 def payroll_rows(rows: Iterable[LedgerRow]) -> list[dict[str, str]]:
     """One row per non-zero paid item of the paid ledger rows, in a stable order (re-exports are identical).
 
     Points are whole numbers; cash keeps its decimal amount exactly (at least two places,
-    never rounded). Each row names the DAG run whose withdrawal paid it.
+    never rounded). Each row names the DAG run whose withdrawal paid it, and its payroll batch.
     """
     out = []
     for row in rows:
@@ -54,12 +54,10 @@ def payroll_rows(rows: Iterable[LedgerRow]) -> list[dict[str, str]]:
             "trans_time": trans_time_iso(paid.trans_time),
             "dag_id": row.dag_id,
             "run_id": row.run_id,
+            "payroll_batch_id": "" if row.payroll_batch_id is None else str(row.payroll_batch_id),
         }
-        if paid.point_bonus:
-            out.append({**base, "bonus_type": "points", "currency": "", "amount": str(paid.point_bonus)})
-        for currency, amount in paid.cash_bonus.items():
-            if amount:
-                out.append({**base, "bonus_type": "cash", "currency": currency, "amount": format_money(amount)})
+        for bonus_type, currency, amount in paid.payroll_items():
+            out.append({**base, "bonus_type": bonus_type, "currency": currency, "amount": amount})
     return sorted(out, key=lambda r: tuple(r[c] for c in TABLE_COLUMNS))
 
 
@@ -97,33 +95,52 @@ class Completeness:
 
 
 def completeness(rows: Sequence[LedgerRow], expected_accounts: Iterable[str] = ()) -> Completeness:
-    """Check before writing: open rows block the payroll; accounts not paid are named after it is written."""
+    """Who a run did not pay: open rows (outcome unknown), refused accounts, and expected accounts without a row.
+
+    Every account a payout run touches ends in the ledger with an outcome, refusals of its
+    balance read included, so a refused account is named even when nobody listed it.
+    """
     open_rows = [row for row in rows if row.status in OPEN_STATUSES]
     settled = {row.referral_account_id for row in rows if row.status in (PAID, SKIPPED)}
-    reasons = {row.referral_account_id: row.describe_problem() for row in rows if row.status not in (PAID, SKIPPED)}
+    unsettled = [row for row in rows if row.status not in (PAID, SKIPPED)]
+    reasons = {row.referral_account_id: row.describe_problem() for row in unsettled}
+    refused = [row.referral_account_id for row in unsettled if row.status not in OPEN_STATUSES]
     not_paid = {
         account: reasons.get(account, f"account {account} has no withdrawal in the ledger")
-        for account in dict.fromkeys(expected_accounts)
-        if account not in settled
+        for account in dict.fromkeys([*refused, *expected_accounts])
+        if account not in settled and account not in {row.referral_account_id for row in open_rows}
     }
     return Completeness(open_rows, not_paid)
 
 
-def payroll_csv_path(output_dir: str | os.PathLike[str], dag_id: str, name: str) -> Path:
-    """``<output_dir>/<dag_id>/payroll_<name>.csv``, each part percent-encoded, so distinct runs never share a file."""
+def payroll_batch_csv_path(output_dir: str | os.PathLike[str], dag_id: str, batch_id: int, created_at: str) -> Path:
+    """``<output_dir>/<dag_id>/payroll_<created, UTC>_batch<id>.csv``: a person reads and sorts them by time."""
+    stamp = datetime.fromisoformat(created_at).astimezone(timezone.utc).strftime("%Y-%m-%d_%H%M%S")
+    return _folder(output_dir, dag_id) / f"payroll_{stamp}Z_batch{batch_id}.csv"
+
+
+def payroll_report_csv_path(output_dir: str | os.PathLike[str], dag_id: str, start: int, end: int) -> Path:
+    """``<output_dir>/<dag_id>/report_<start>_to_<end>.csv`` (UTC) for a ``trans_time`` window: not a batch."""
+
+    def stamp(millis: int) -> str:
+        return trans_time_iso(millis)[:19].replace(":", "").replace("T", "_") + "Z"
+
+    return _folder(output_dir, dag_id) / f"report_{stamp(start)}_to_{stamp(end)}.csv"
+
+
+def _folder(output_dir: str | os.PathLike[str], dag_id: str) -> Path:
     if not str(output_dir).strip():
         raise ValueError("output_dir is empty: name the folder the payroll CSV goes to")
-    if not name:
-        raise ValueError("run_id is empty")
-    return Path(output_dir) / quote(dag_id, safe="") / f"payroll_{quote(name, safe='')}.csv"
+    return Path(output_dir) / quote(dag_id, safe="")
 
 
 def write_payroll_csv(rows: Sequence[dict[str, str]], path: Path) -> Path:
     """Write the rows to ``path`` atomically; refuse to replace an existing export with fewer rows.
 
-    The ledger never loses a paid withdrawal, so a correct re-export is always a superset
-    of the last one: a file that holds a row the new export lacks means something is
-    wrong (another ledger, a changed DAG), and the old file is kept for a person to see.
+    A batch never changes and a report's window only gains late payments, so a correct
+    re-export is always a superset of the last one: a file that holds a row the new export
+    lacks means something is wrong (another ledger, a changed DAG), and the old file is
+    kept for a person to see.
     """
     new = {tuple(row[c] for c in COLUMNS) for row in rows}
     if path.exists():

@@ -11,6 +11,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -113,15 +114,20 @@ _ORDER_ID_LOW = 10**18
 _ORDER_ID_SPAN = 2**63 - _ORDER_ID_LOW
 
 
-def derive_external_order_id(*, dag_id: str, run_id: str, task_id: str, referral_account_id: str) -> str:
+def derive_external_order_id(
+    *, dag_id: str, run_id: str, task_id: str, referral_account_id: str, run_generation: int = 1
+) -> str:
     """The idempotency key of one task's withdrawal of one account in one DAG run.
 
     Independent of position: a retried, cleared, re-ordered, grown or shrunk account list
     gives every account the key it had, so Feishu replays the original withdrawal instead
     of paying (or emptying) anew, and an account listed twice is withdrawn once. Any other
-    DAG, run, task or account gets another key.
+    DAG, run, task or account gets another key, and so does a run deleted and created
+    again under the same ``run_id`` (its ``run_generation``, counted by the ledger): it
+    must pay the balance of its own time, not replay the deleted run's withdrawals.
     """
-    material = "\x1f".join([dag_id, run_id, task_id, referral_account_id])
+    parts = [dag_id, run_id, task_id, referral_account_id]
+    material = "\x1f".join(parts if run_generation == 1 else [*parts, f"generation {run_generation}"])
     digest = int.from_bytes(hashlib.sha256(material.encode()).digest()[:16], "big")
     return str(_ORDER_ID_LOW + digest % _ORDER_ID_SPAN)
 
@@ -144,6 +150,12 @@ def format_cash(cash: Mapping[str, Decimal]) -> str:
 def cash_items(cash: Mapping[str, Decimal]) -> list[dict[str, str]]:
     """Cash per currency in Feishu's ``cash_bonus`` shape, JSON-safe: amounts as decimal strings, never floats."""
     return [{"currency_type": currency, "amount": format_money(amount)} for currency, amount in sorted(cash.items())]
+
+
+def trans_time_iso(trans_time: str | int) -> str:
+    """Feishu's ``trans_time`` (milliseconds since the epoch) as ISO 8601 in UTC, exact to the millisecond."""
+    moment = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=int(trans_time))
+    return moment.isoformat(timespec="milliseconds")
 
 
 class UnreadableAnswer(ValueError):
@@ -178,6 +190,13 @@ class Withdrawal:
                 "cash_bonus": cash_items(self.cash_bonus),
             },
         }
+
+    def payroll_items(self) -> list[tuple[str, str, str]]:
+        """``(bonus_type, currency, amount)`` per non-zero item, as payroll writes them: one definition for
+        the CSV and the payroll table. Points are whole numbers; cash keeps its exact decimal amount."""
+        items = [("points", "", str(self.point_bonus))] if self.point_bonus else []
+        items += [("cash", currency, format_money(amount)) for currency, amount in self.cash_bonus.items() if amount]
+        return items
 
     def describe(self) -> str:
         """One log line per account, the facts a person looks for first: who, how much, which order."""

@@ -422,15 +422,20 @@ def test_skip_refuses_when_a_send_is_on_record(ledger: Ledger, on_record: str) -
     assert status(ledger) == on_record
 
 
-def test_no_order_id_that_was_ever_sent_is_skipped_even_after_a_rejection(ledger: Ledger) -> None:
-    """A refusal recorded as 'nothing moved' may itself be wrong (a lost answer before it, a token error after):
-    a zero balance is then never taken as proof. Sending the same order id again costs a call, never money."""
+def test_a_rejected_order_is_settled_as_skipped_by_a_zero_balance_but_an_unknown_one_never(ledger: Ledger) -> None:
+    """``rejected`` means no send of the order can have moved money (an unknown earlier send makes it ``review``),
+    so a zero balance settles it: Feishu may refuse an empty withdrawal, and it must not be re-sent for ever."""
     claim = ledger.claim(intent())
-    ledger.record_failure(claim, code=1002001, msg="account deactivated", log_id=None, retryable=False, uncertain=False)
-
-    assert ledger.skip(intent(try_number=2), "nothing to withdraw") is False
+    ledger.record_failure(claim, code=1002556, msg="nothing to withdraw", log_id=None, retryable=False, uncertain=False)
     assert status(ledger) == REJECTED
-    assert ledger.claim(intent(try_number=2)).paid is None  # the caller sends it again instead
+    assert ledger.skip(intent(try_number=2), "nothing to withdraw") is True
+    assert status(ledger) == SKIPPED
+
+    other = intent("7412589630258741009")
+    lost = ledger.claim(other)
+    ledger.record_failure(lost, code=None, msg="read timed out", log_id=None, retryable=True, uncertain=True)
+    assert ledger.skip(intent("7412589630258741009", try_number=2), "nothing to withdraw") is False
+    assert ledger.get("7412589630258741009").status == SENDING  # its zero may be that send's payment
 
 
 def test_an_order_id_is_one_withdrawal_same_account_app_and_bonus_types(ledger: Ledger) -> None:

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_feishu_hire.hooks.ledger import FeishuHireLedgerHook
-from airflow_provider_feishu_hire.ledger import Intent, LedgerError
-from airflow_provider_feishu_hire.payroll import payroll_rows
+from airflow_provider_feishu_hire.ledger import RUN_SCOPE, Intent, LedgerError, PayrollScope
 from airflow_provider_feishu_hire.withdrawal import Withdrawal
 from tests.conftest import PostgresServer
 
@@ -62,7 +61,7 @@ def test_a_sqlite_connection_names_the_file_on_one_machine_only(
         FeishuHireLedgerHook().ledger  # noqa: B018
 
 
-def test_the_payroll_upsert_through_common_sql_writes_each_row_once(
+def test_a_payroll_batch_reads_back_through_common_sql_exactly_once(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     for kind in ("sqlite", "postgres"):
@@ -74,10 +73,11 @@ def test_the_payroll_upsert_through_common_sql_writes_each_row_once(
         monkeypatch.setenv("AIRFLOW_CONN_FEISHU_HIRE_LEDGER", conn if isinstance(conn, str) else json.dumps(conn))
         hook = FeishuHireLedgerHook()
         hook.ledger.record_paid(hook.ledger.claim(INTENT), PAID)
-        rows = payroll_rows(hook.ledger.rows(dag_id="payroll", run_id="manual__1"))
-        assert hook.upsert_payroll(rows) == 3
-        hook.upsert_payroll(rows)  # a re-run
-        stored = hook.payroll_rows("payroll", "manual__1")
+        scope = PayrollScope(RUN_SCOPE, "payroll", "manual__1")
+        batch = hook.ledger.make_payroll_batch(scope, INTENT.task_try)
+        assert batch is not None
+        assert hook.ledger.make_payroll_batch(scope, INTENT.task_try) is None  # a re-run claims nothing again
+        stored = hook.payroll_batch_rows(batch.id)
         hook.close()
         assert [(r[3], r[4], Decimal(str(r[5]))) for r in stored] == [
             ("cash", "CNY", Decimal("0.10")),

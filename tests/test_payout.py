@@ -215,7 +215,7 @@ client = FeishuClient("{app_id}", "{secret}", url, withdraw_limiter=pace("withdr
 intent = lambda a: Intent(derive_external_order_id(**run, referral_account_id=a), a, (1, 2), "{app_id}", **run)
 summary = withdraw_batch(client, ledger, ids, intent_for=intent, max_workers=2, check_balances=True,
                          lease_check_seconds=0.2)
-print(f"paid={{summary.paid}} superseded_by={{summary.superseded_by}}")
+print(f"paid={{summary.paid}} superseded={{summary.superseded}}")
 """
 
 
@@ -361,6 +361,6 @@ def test_an_orphaned_batch_stops_sending_once_its_retry_has_started(ledger: Ledg
                 client, on_y, list(reversed(ids)), intent_for=lambda a: intent(a, try_number=2), check_balances=True
             )
         out, _ = orphan.communicate(timeout=60)
-        assert "superseded_by=2" in out
-        assert retry.paid == 40 and retry.superseded_by == 0
+        assert "superseded=try 2 of this task has started" in out
+        assert retry.paid == 40 and retry.superseded == ""
         assert_paid_exactly_once(ledger, sandbox)

@@ -1,4 +1,4 @@
-"""The payroll from ledger rows: one row per paid item, exact money, collision-free names, never fewer rows."""
+"""The payroll from ledger rows: one row per paid item, exact money, readable distinct names, never fewer rows."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from airflow_provider_feishu_hire.payroll import (
     COLUMNS,
     PayrollError,
     completeness,
-    payroll_csv_path,
+    payroll_batch_csv_path,
+    payroll_report_csv_path,
     payroll_rows,
-    trans_time_iso,
     write_payroll_csv,
 )
-from airflow_provider_feishu_hire.withdrawal import Withdrawal
+from airflow_provider_feishu_hire.withdrawal import Withdrawal, trans_time_iso
 
 RUN_ID = "scheduled__2026-11-25T10:00:00+00:00"
 
@@ -97,30 +97,41 @@ def test_cash_with_more_than_two_places_is_never_rounded(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("a", "b"),
     [
-        (("dag", "run:1"), ("dag", "run_1")),  # ':' and '_' once collapsed into one file
-        (("dag", "run+1"), ("dag", "run_1")),
-        (("dag", "run~1"), ("dag", "run_1")),
-        (("dag_a", RUN_ID), ("dag_b", RUN_ID)),  # two DAGs, one scheduled run id
-        (("a", "b/c"), ("a/b", "c")),
+        (("dag", 1, "2026-12-03T09:11:04.000+00:00"), ("dag", 2, "2026-12-03T09:11:04.000+00:00")),
+        (("dag_a", 1, "2026-12-03T09:11:04.000+00:00"), ("dag_b", 1, "2026-12-03T09:11:04.000+00:00")),
+        (("a/b", 1, "2026-12-03T09:11:04.000+00:00"), ("a", 1, "2026-12-03T09:11:04.000+00:00")),
     ],
 )
-def test_distinct_dag_runs_never_share_a_file(a: tuple[str, str], b: tuple[str, str], tmp_path: Path) -> None:
-    first, second = payroll_csv_path(tmp_path, *a), payroll_csv_path(tmp_path, *b)
+def test_distinct_batches_never_share_a_file(a: tuple[str, int, str], b: tuple[str, int, str], tmp_path: Path) -> None:
+    first, second = payroll_batch_csv_path(tmp_path, *a), payroll_batch_csv_path(tmp_path, *b)
     assert first != second
     assert tmp_path in first.parents and tmp_path in second.parents
 
 
+def test_file_names_read_and_sort_by_time_in_utc(tmp_path: Path) -> None:
+    names = [
+        payroll_batch_csv_path(tmp_path, "payroll", 10, "2026-12-03T17:11:04.000+08:00").name,
+        payroll_batch_csv_path(tmp_path, "payroll", 9, "2026-12-03T10:00:00.000+00:00").name,
+    ]
+    assert names == ["payroll_2026-12-03_091104Z_batch10.csv", "payroll_2026-12-03_100000Z_batch9.csv"]
+    assert sorted(names) == names  # by time, not by batch id or a percent-encoded run id
+    report = payroll_report_csv_path(tmp_path, "payroll", 1796290373473, 1796290400000)
+    assert report.name == "report_2026-12-03_093253Z_to_2026-12-03_093320Z.csv"
+
+
 def test_empty_output_dir_is_refused() -> None:
     with pytest.raises(ValueError, match="output_dir"):
-        payroll_csv_path("  ", "dag", RUN_ID)
+        payroll_batch_csv_path("  ", "dag", 1, "2026-12-03T09:11:04.000+00:00")
 
 
-def test_completeness_blocks_on_unknown_outcomes_and_names_who_was_not_paid() -> None:
+def test_completeness_names_unknown_outcomes_and_who_was_not_paid() -> None:
     rows = [*ROWS, row("7009", "99", REJECTED), row("7005", "55", SKIPPED)]
     check = completeness(rows, ["7001", "7002", "7005", "7009", "7010"])
     assert check.open == []
     assert set(check.not_paid) == {"7009", "7010"}
     assert "no withdrawal in the ledger" in check.not_paid["7010"]
+    # A refusal the ledger holds is named even when nobody listed the account (an event's account).
+    assert set(completeness(rows).not_paid) == {"7009"}
 
     blocked = completeness([*rows, row("7011", "77", SENDING), row("7012", "88", REVIEW)])
     assert [r.referral_account_id for r in blocked.open] == ["7011", "7012"]

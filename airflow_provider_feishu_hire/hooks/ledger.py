@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ EMBEDDED_LEDGER_FILE = "feishu_hire_ledger.db"
 # Executors whose tasks run on other machines, each with its own $AIRFLOW_HOME.
 DISTRIBUTED_EXECUTORS = ("CeleryExecutor", "KubernetesExecutor", "EdgeExecutor", "CeleryKubernetesExecutor")
 PAYROLL_TABLE = "feishu_hire_payroll"
-PAYROLL_KEY = ("external_order_id", "bonus_type", "currency")
 
 
 class SqliteLedgerDbHook(DbApiHook):
@@ -115,29 +113,14 @@ class FeishuHireLedgerHook(BaseHook):
         made.migrate()
         return made
 
-    def upsert_payroll(self, rows: Sequence[dict[str, str]]) -> int:
-        """Upsert payroll rows keyed by order id, bonus type and currency: a re-run writes nothing new."""
-        if not rows:
-            return 0
-        self.ledger  # noqa: B018 -- the payroll table is created with the ledger's
-        fields = list(rows[0])
-        self.sql_hook.insert_rows(
-            PAYROLL_TABLE,
-            [tuple(row[name] for name in fields) for row in rows],
-            target_fields=fields,
-            replace=True,
-            replace_index=list(PAYROLL_KEY),
-        )
-        return len(rows)
-
-    def payroll_rows(self, dag_id: str, run_id: str) -> list[tuple[Any, ...]]:
-        """The payroll table's rows of one DAG run, as stored (for checks and reports)."""
+    def payroll_batch_rows(self, payroll_batch_id: int) -> list[tuple[Any, ...]]:
+        """The payroll table's lines of one batch, as stored, through common-sql (how an import reads them)."""
         return list(
             self.sql_hook.get_records(
-                f"SELECT referral_account_id, external_order_id, trans_time, bonus_type, currency, amount "
-                f"FROM {PAYROLL_TABLE} WHERE dag_id = {self.sql_hook.placeholder} "
-                f"AND run_id = {self.sql_hook.placeholder} ORDER BY external_order_id, bonus_type, currency",
-                parameters=(dag_id, run_id),
+                "SELECT referral_account_id, external_order_id, trans_time, bonus_type, currency, amount "
+                f"FROM {PAYROLL_TABLE} WHERE payroll_batch_id = {self.sql_hook.placeholder} "
+                "ORDER BY external_order_id, bonus_type, currency",
+                parameters=(payroll_batch_id,),
             )
         )
 

@@ -1,4 +1,4 @@
-"""The payroll export: the ledger's paid withdrawals of a DAG run (or a ``trans_time`` window) to payroll.
+"""The payroll export: claim the ledger's paid withdrawals into a payroll batch, write it, announce it.
 
 Cheap to import, like every operator module: hooks and drivers load when the task runs.
 """
@@ -9,49 +9,68 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airflow_provider_feishu_hire.accounts import check_trans_time_window
-from airflow_provider_feishu_hire.ledger import DEFAULT_LEDGER_CONN_ID
+from airflow_provider_feishu_hire.ledger import DEFAULT_LEDGER_CONN_ID, PAYROLL_SCOPES, RUN_SCOPE
 from airflow_provider_feishu_hire.operators.referral_account import FEISHU_BLUE, input_errors_fail_the_task
 from airflow_provider_feishu_hire.withdrawal import check_referral_account_ids, plural
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-# Every payroll export marks this asset (unless given other outlets), with the run's totals in
-# the event's extra, so that a payroll-import DAG can be scheduled on it.
+    from airflow_provider_feishu_hire.ledger import PayrollBatch
+
+# Every payroll export marks this asset (unless given other outlets) with the ids and totals of
+# its payroll batches in the event's extra, so that a payroll-import DAG can be scheduled on it.
 FEISHU_HIRE_PAYROLL = Asset("feishu_hire_payroll")
 
 
 class ReferralPayrollOperator(BaseOperator):
-    """Write the payroll of this DAG run from the payout ledger: a CSV and an upsert into ``feishu_hire_payroll``.
+    """Put the paid withdrawals of this DAG run (or DAG, or app) into a payroll batch, and announce it.
 
-    Reads the ledger, never XCom or a worker's files, so it is right whichever tries and
-    workers paid whom. Before writing anything it checks that no withdrawal of the run
-    has an unknown outcome (money may have moved that payroll could not show). It never
-    replaces an existing CSV with fewer rows. The CSV goes to
-    ``<output_dir>/<dag_id>/payroll_<run_id>.csv``; without ``output_dir``, beside an
-    SQLite ledger, and not at all for a server database (its payroll table is the export
-    every worker can reach). The table upsert is keyed by order id, bonus type and
-    currency, so a re-run writes nothing new.
+    A payroll batch is a ledger record: in one transaction the export claims every paid
+    withdrawal in its ``scope`` that is in no batch yet, and writes the batch's lines to the
+    ledger's ``feishu_hire_payroll`` table. A withdrawal belongs to one batch for ever,
+    whichever run, try or worker paid it and whenever; the ledger, never XCom or a
+    worker's files, is the source.
 
-    ``referral_account_ids`` (optional) are the accounts the run was meant to pay: any not
-    paid (refused by Feishu, never withdrawn) are named after the payroll of everyone who
-    was paid has been written, and the task fails. ``start_trans_time`` and
-    ``end_trans_time`` (milliseconds or ISO 8601, end exclusive) export every withdrawal
-    in that window across runs instead, e.g. a month's payroll.
+    ``scope``: ``"run"`` (default) claims what this DAG run sent (the generation of the run:
+    a run deleted and created again under the same run_id is another run); ``"dag"`` what
+    any run of this DAG sent; ``"app"`` what the connection's Feishu app paid, whatever DAG
+    sent it. A payment recorded after the batch was made (a settled review, a withdrawal
+    cleared and paid later) is claimed by the next export of the scope.
 
-    Run it with ``trigger_rule="all_done"`` after the withdrawals, so that one account's
-    failure does not keep everyone else out of payroll.
+    A re-run of the export (a clear, a retry) returns the batches it made: same ids, same
+    CSV content; it makes a new batch only for payments that are in none. Every batch it
+    made is in the asset event's extra (``payroll_batch_ids`` and per batch the totals and
+    CSV), so a consumer de-duplicates on the batch id. A run that paid nothing makes no
+    batch and emits no asset event: the task is skipped, saying so.
 
-    Its outlet is the asset :data:`FEISHU_HIRE_PAYROLL` (``outlets`` chooses others): each
-    export that writes the payroll emits an asset event whose extra holds the DAG run,
-    the CSV path, and the totals (accounts, rows, points, cash per currency as decimal
-    strings), so a downstream payroll import can be scheduled on it.
+    Before succeeding it checks that every account the run was asked to pay has an
+    outcome: withdrawals whose outcome is unknown, refusals (recorded for the balance read
+    too) and ``referral_account_ids`` without a withdrawal fail the task, naming them, after
+    everyone paid is in a batch. Run it with ``trigger_rule="all_done"`` after the
+    withdrawals, so that one account's failure does not keep everyone else out of payroll.
+
+    CSV files go to ``<output_dir>/<dag_id>/payroll_<UTC time>_batch<id>.csv``; without
+    ``output_dir`` beside an SQLite ledger, and none for a server database (its payroll
+    table is the export every worker can reach).
+
+    ``start_trans_time`` and ``end_trans_time`` (milliseconds or ISO 8601, end exclusive)
+    make it a *report* instead: every paid withdrawal in that window across runs, batched
+    or not, written to ``report_<start>_to_<end>.csv``. A report claims nothing and
+    announces nothing (no asset outlet).
     """
 
-    template_fields: Sequence[str] = ("referral_account_ids", "output_dir", "start_trans_time", "end_trans_time")
+    template_fields: Sequence[str] = (
+        "referral_account_ids",
+        "output_dir",
+        "start_trans_time",
+        "end_trans_time",
+        "scope",
+        "feishu_hire_conn_id",
+    )
     ui_color = FEISHU_BLUE
     ui_fgcolor = "#ffffff"
 
@@ -62,78 +81,153 @@ class ReferralPayrollOperator(BaseOperator):
         output_dir: str | None = None,
         start_trans_time: object = None,
         end_trans_time: object = None,
+        scope: str = RUN_SCOPE,
+        feishu_hire_conn_id: str = "feishu_hire_default",
         ledger_conn_id: str = DEFAULT_LEDGER_CONN_ID,
-        upsert_table: bool = True,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("outlets", [FEISHU_HIRE_PAYROLL])
+        report = start_trans_time is not None or end_trans_time is not None
+        kwargs.setdefault("outlets", [] if report else [FEISHU_HIRE_PAYROLL])
         super().__init__(**kwargs)
         self.referral_account_ids = referral_account_ids
         self.output_dir = output_dir
         self.start_trans_time = start_trans_time
         self.end_trans_time = end_trans_time
+        self.scope = scope
+        self.feishu_hire_conn_id = feishu_hire_conn_id
         self.ledger_conn_id = ledger_conn_id
-        self.upsert_table = upsert_table
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_feishu_hire.hooks.ledger import FeishuHireLedgerHook
-        from airflow_provider_feishu_hire.ledger import OPEN_STATUSES
-        from airflow_provider_feishu_hire.payroll import (
-            completeness,
-            payroll_csv_path,
-            payroll_rows,
-            payroll_totals,
-            trans_time_iso,
-            write_payroll_csv,
-        )
 
-        dag_id, run_id = context["ti"].dag_id, context["run_id"]
         with input_errors_fail_the_task():
             expected = (
                 [] if self.referral_account_ids is None else check_referral_account_ids(self.referral_account_ids)
             )
             window = check_trans_time_window(self.start_trans_time, self.end_trans_time)
+            if self.scope not in PAYROLL_SCOPES:
+                raise ValueError(f"scope {self.scope!r} is unknown: use one of {', '.join(PAYROLL_SCOPES)}")
             hook = FeishuHireLedgerHook(self.ledger_conn_id)
-            ledger = hook.ledger
             folder = str(self.output_dir).strip() if self.output_dir else hook.default_payroll_dir
         try:
+            with input_errors_fail_the_task():
+                ledger = hook.ledger
             if window:
-                rows = ledger.rows(start_trans_time=window[0], end_trans_time=window[1])
-                # An open withdrawal first requested before the window ends may have been paid in it.
-                rows += ledger.rows(statuses=OPEN_STATUSES, requested_before=trans_time_iso(window[1]))
-                name = f"{window[0]}-{window[1]}"
-            else:
-                rows = ledger.rows(dag_id=dag_id, run_id=run_id)
-                name = run_id
-            check = completeness(rows, expected)
-            if check.open:
-                hint = " Clear the withdrawal tasks: they resend the same order ids." if check.resendable else ""
-                raise AirflowFailException(f"{check.open_message()}.{hint}")
-            table = payroll_rows(rows)
-            path = write_payroll_csv(table, payroll_csv_path(folder, dag_id, name)) if folder else None
-            if self.upsert_table:
-                hook.upsert_payroll(table)
+                return self._report(ledger, context["ti"].dag_id, window, folder)
+            return self._batch(ledger, context, expected, folder)
         finally:
             hook.close()
-        totals = payroll_totals(table)
-        # Airflow emits the event only if this task succeeds: not when someone is missing below.
+
+    def _batch(self, ledger: Any, context: Context, expected: list[str], folder: Any) -> dict[str, Any]:
+        from airflow_provider_feishu_hire.ledger import PayrollScope
+        from airflow_provider_feishu_hire.operators.referral_account import task_try
+        from airflow_provider_feishu_hire.payroll import completeness
+
+        task = task_try(context, ledger)
+        app_id = self._app_id() if self.scope == "app" else None
+        scope = PayrollScope(self.scope, task.dag_id, task.run_id, task.run_generation, app_id)
+        made = ledger.make_payroll_batch(scope, task)
+        batches = ledger.payroll_batches(made_by=task)
+        written = [self._announce(batch, folder) for batch in batches]
+        if made is None and batches:
+            self.log.info("Nothing new to claim: payroll %s made before", plural(len(batches), "batch"))
+        check = completeness(
+            ledger.rows(dag_id=task.dag_id, run_id=task.run_id, run_generation=task.run_generation), expected
+        )
+        problems = self._problems(ledger, task.dag_id, task.run_id, check)
+        if not batches:
+            if problems:
+                raise AirflowFailException(f"Nothing paid, so no payroll batch. {problems}")
+            raise AirflowSkipException("Nothing paid by this run: no payroll batch, no asset event")
         for outlet in self.outlets:
             if isinstance(outlet, Asset):
                 context["outlet_events"][outlet].extra = {
-                    "dag_id": dag_id,
-                    "run_id": run_id,
-                    "csv": str(path) if path else None,
-                    **totals,
+                    "dag_id": task.dag_id,
+                    "run_id": task.run_id,
+                    "payroll_batch_ids": [batch.id for batch in batches],
+                    "payroll_batches": written,  # type: ignore[dict-item]  # JSON: ints, strings, dicts of them
                 }
-        accounts = totals["accounts"]
-        where = f"{path} and table feishu_hire_payroll" if path else "table feishu_hire_payroll"
+        if problems:
+            raise AirflowFailException(f"{problems} Everyone paid is in {_batch_names(batches)}.")
+        return {"payroll_batch_ids": [batch.id for batch in batches], "payroll_batches": written}
+
+    def _announce(self, batch: PayrollBatch, folder: Any) -> dict[str, Any]:
+        """Write the batch's CSV (same content on every re-run) and log it on one short line."""
+        from airflow_provider_feishu_hire.payroll import payroll_batch_csv_path, payroll_rows, write_payroll_csv
+
+        rows = payroll_rows(batch.members)
+        totals = batch.totals()
+        path = (
+            write_payroll_csv(rows, payroll_batch_csv_path(folder, batch.made_by.dag_id, batch.id, batch.created_at))
+            if folder
+            else None
+        )
+        cash = ", ".join(f"{amount} {currency}" for currency, amount in totals["cash_bonus"].items())
+        self.log.info(
+            "Payroll batch %d: %s, %s, %d points%s",
+            batch.id,
+            plural(totals["accounts"], "account"),
+            plural(totals["withdrawals"], "withdrawal"),
+            totals["point_bonus"],
+            f", {cash}" if cash else "",
+        )
+        self.log.info("Payroll batch %d is in table feishu_hire_payroll%s", batch.id, f" and {path}" if path else "")
+        return {"id": batch.id, "csv": str(path) if path else None, "created_at": batch.created_at, **totals}
+
+    def _problems(self, ledger: Any, dag_id: str, run_id: str, check: Any) -> str:
+        """Why this run must not end green, for a person: a rejection, unknown outcomes, accounts not paid."""
+        decisions = ledger.approvals(dag_id, run_id)
+        parts = []
+        if decisions and decisions[-1].decision == "Reject":
+            last = decisions[-1]
+            parts.append(f"Rejected by {last.decided_by} at {last.decided_at}: nothing paid.")
+        if check.open:
+            hint = " Clear the withdrawal tasks: they resend the same order ids." if check.resendable else ""
+            parts.append(f"{check.open_message()}.{hint}")
         if check.not_paid:
-            first = next(iter(check.not_paid.values()))
             listed = "; ".join(check.not_paid.values())
+            parts.append(f"{plural(len(check.not_paid), 'referral account')} not paid: {listed}.")
+        return " ".join(parts)
+
+    def _report(self, ledger: Any, dag_id: str, window: tuple[int, int], folder: Any) -> dict[str, Any]:
+        from airflow_provider_feishu_hire.ledger import OPEN_STATUSES
+        from airflow_provider_feishu_hire.payroll import (
+            payroll_report_csv_path,
+            payroll_rows,
+            payroll_totals,
+            write_payroll_csv,
+        )
+        from airflow_provider_feishu_hire.withdrawal import trans_time_iso
+
+        rows = ledger.rows(start_trans_time=window[0], end_trans_time=window[1])
+        # An open withdrawal first requested before the window ends may have been paid in it.
+        unknown = ledger.rows(statuses=OPEN_STATUSES, requested_before=trans_time_iso(window[1]))
+        table = payroll_rows(rows)
+        path = write_payroll_csv(table, payroll_report_csv_path(folder, dag_id, *window)) if folder else None
+        totals = payroll_totals(table)
+        self.log.info(
+            "Report, not a payroll batch (claims nothing): %s paid from %s to %s%s",
+            plural(totals["accounts"], "account"),
+            trans_time_iso(window[0]),
+            trans_time_iso(window[1]),
+            f", in {path}" if path else "",
+        )
+        if unknown:
             raise AirflowFailException(
-                f"{plural(len(check.not_paid), 'referral account')} not paid ({first}); the "
-                f"{plural(accounts, 'account')} paid are in payroll ({plural(len(table), 'row')}, {where}). "
-                f"Not paid: {listed}"
+                f"The report may be missing money: {plural(len(unknown), 'withdrawal')} first requested before "
+                f"the window ends have no known outcome: " + "; ".join(row.describe_problem() for row in unknown)
             )
-        self.log.info("Payroll: %s, %s, written to %s", plural(accounts, "account"), plural(len(table), "row"), where)
-        return {"csv": str(path) if path else None, "rows": len(table), "accounts": accounts}
+        return {"csv": str(path) if path else None, **totals}
+
+    def _app_id(self) -> str:
+        from airflow.sdk import BaseHook
+
+        with input_errors_fail_the_task():
+            login = BaseHook.get_connection(self.feishu_hire_conn_id).login
+            if not login:
+                raise ValueError(f"connection {self.feishu_hire_conn_id} has no App ID (login)")
+        return str(login)
+
+
+def _batch_names(batches: Sequence[PayrollBatch]) -> str:
+    return "payroll " + ("batch " if len(batches) == 1 else "batches ") + ", ".join(str(b.id) for b in batches)

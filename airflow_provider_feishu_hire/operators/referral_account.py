@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_feishu_hire.client import FeishuClient
-    from airflow_provider_feishu_hire.ledger import Intent, Ledger
+    from airflow_provider_feishu_hire.ledger import Intent, Ledger, TaskTry
 
 FEISHU_BLUE = "#3370ff"
 
@@ -154,11 +154,13 @@ class ReferralWithdrawOperator(BaseOperator):
             order_id = None if self.external_order_id is None else check_external_order_id(self.external_order_id)
         with (
             feishu_and_ledger(self.feishu_hire_conn_id, self.ledger_conn_id) as (client, ledger),
-            input_errors_fail_the_task(),  # an order id the ledger holds for another account
+            input_errors_fail_the_task(),  # an order id held for another account; a superseded try
         ):
-            outcome = withdraw_account(
-                client, ledger, _intent(context, client.app_id, account_id, bonus_types, order_id)
-            )
+            task = task_try(context, ledger)
+            lease = ledger.take_lease(task)
+            if not lease.held:
+                raise AirflowFailException(lease.describe(task))
+            outcome = withdraw_account(client, ledger, _intent(task, client.app_id, account_id, bonus_types, order_id))
         if outcome.withdrawal is None:
             if outcome.status == SENDING:  # Feishu may have committed: the retry sends the same order id
                 raise RuntimeError(f"{outcome.describe()}; a retry resends the same order id")
@@ -235,12 +237,14 @@ class ReferralBatchWithdrawOperator(BaseOperator):
             assets_per_second=self.assets_per_second,
             pool_size=self.max_workers,
         ) as (client, ledger):
+            with input_errors_fail_the_task():
+                task = task_try(context, ledger)
             summary = withdraw_batch(
                 client,
                 ledger,
                 account_ids,
                 intent_for=lambda account_id: _intent(
-                    context, client.app_id, account_id, bonus_types, order_ids.get(account_id)
+                    task, client.app_id, account_id, bonus_types, order_ids.get(account_id)
                 ),
                 check_balances=self.check_balances,
                 max_workers=self.max_workers,
@@ -255,10 +259,10 @@ class ReferralBatchWithdrawOperator(BaseOperator):
             summary.point_bonus,
             ", ".join(f"{amount} {currency}" for currency, amount in result["cash_bonus"].items()) or "none",
         )
-        if summary.superseded_by:
+        if summary.superseded:
             raise AirflowFailException(
-                f"Try {summary.superseded_by} of this task has started, so this try stopped sending (it was "
-                f"presumed dead). It paid {summary.paid} referral accounts; all are in the ledger"
+                f"This try stopped sending: {summary.superseded}. It paid "
+                f"{plural(summary.paid, 'referral account')}; all are in the ledger"
             )
         unsettled = summary.open + summary.rejected + summary.review
         if not unsettled:
@@ -276,24 +280,53 @@ class ReferralBatchWithdrawOperator(BaseOperator):
         )
 
 
-def _intent(context: Context, app_id: str, account_id: str, bonus_types: Sequence[int], order_id: str | None) -> Intent:
+def task_try(context: Context, ledger: Ledger) -> TaskTry:
+    """This try of this task as the ledger tells tries apart, with the generation of its DAG run.
+
+    The generation comes from the run's ``clear_number`` and ``start_date``, which Airflow
+    renews on every clear and starts again when a deleted run is created anew under the
+    same ``run_id`` (see :meth:`Ledger.run_generation`).
+    """
+    from airflow_provider_feishu_hire.ledger import TaskTry
+
+    ti, dag_run = context["ti"], context["dag_run"]
+    started = dag_run.start_date or dag_run.run_after
+    generation = ledger.run_generation(
+        ti.dag_id, ti.run_id, int(getattr(dag_run, "clear_number", 0) or 0), started.isoformat()
+    )
+    return TaskTry(
+        dag_id=ti.dag_id,
+        run_id=ti.run_id,
+        task_id=ti.task_id,
+        map_index=-1 if ti.map_index is None else ti.map_index,
+        try_number=ti.try_number,
+        ti_id=str(ti.id),
+        run_generation=generation,
+    )
+
+
+def _intent(task: TaskTry, app_id: str, account_id: str, bonus_types: Sequence[int], order_id: str | None) -> Intent:
     from airflow_provider_feishu_hire.ledger import Intent
 
-    ti = context["ti"]
-    run_id = context["run_id"]
     return Intent(
         external_order_id=order_id
         or derive_external_order_id(
-            dag_id=ti.dag_id, run_id=run_id, task_id=ti.task_id, referral_account_id=account_id
+            dag_id=task.dag_id,
+            run_id=task.run_id,
+            task_id=task.task_id,
+            referral_account_id=account_id,
+            run_generation=task.run_generation,
         ),
         referral_account_id=account_id,
         withdraw_bonus_type=tuple(bonus_types),
         app_id=app_id,
-        dag_id=ti.dag_id,
-        run_id=run_id,
-        task_id=ti.task_id,
-        map_index=-1 if ti.map_index is None else ti.map_index,
-        try_number=ti.try_number,
+        dag_id=task.dag_id,
+        run_id=task.run_id,
+        task_id=task.task_id,
+        map_index=task.map_index,
+        try_number=task.try_number,
+        ti_id=task.ti_id,
+        run_generation=task.run_generation,
     )
 
 
