@@ -131,6 +131,9 @@ class ReferralPayoutApprovalOperator(ApprovalOperator):
         if preview.get("nothing_to_pay"):
             self._record(context, preview, NOTHING_TO_PAY, "nobody (nothing to pay)")
             if preview.get("not_payable"):
+                # One short line per account first: the log viewer cuts the exception's long line.
+                for account, why in preview["not_payable"].items():
+                    self.log.error("Cannot pay %s: %s", account, why)
                 raise AirflowFailException(preview["nothing_to_pay"])
             self.log.info("%s", preview["nothing_to_pay"])
             # Raises to skip them; returns only when there is nothing downstream.
