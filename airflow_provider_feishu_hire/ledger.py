@@ -265,7 +265,8 @@ class Approval:
 class PayrollScope:
     """Which paid withdrawals an export may claim for a new payroll batch.
 
-    ``run``: the withdrawals sent by one generation of one DAG run (the example DAGs');
+    ``run``: the withdrawals sent by one DAG run (the example DAGs'), including what a deleted
+    earlier generation of the same run_id paid and no batch holds;
     ``dag``: by any run of a DAG; ``app``: by one Feishu app, whatever DAG sent them.
     Withdrawals already in a batch are never claimed again, whatever the scope.
     """
@@ -292,7 +293,9 @@ class PayrollScope:
 
     def where(self) -> tuple[str, list[Any]]:
         if self.kind == RUN_SCOPE:
-            return "dag_id = ? AND run_id = ? AND run_generation = ?", [self.dag_id, self.run_id, self.run_generation]
+            # A deleted generation of this run_id has no export of its own any more: what it paid and
+            # no batch holds (a zombie of it, say) goes with the run that took its place.
+            return "dag_id = ? AND run_id = ? AND run_generation <= ?", [self.dag_id, self.run_id, self.run_generation]
         if self.kind == DAG_SCOPE:
             return "dag_id = ?", [self.dag_id]
         return "app_id = ?", [self.app_id]

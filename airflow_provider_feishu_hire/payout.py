@@ -153,8 +153,9 @@ def _settle_deleted_runs_orders(client: FeishuClient, ledger: Ledger, intent: In
     order id afterwards.
     """
     for row in ledger.rows(dag_id=intent.dag_id, run_id=intent.run_id, statuses=(SENDING,)):
+        # Its claim makes the order this generation's: still open after a failed resend, it is found here again.
         if (row.task_id, row.referral_account_id) == (intent.task_id, intent.referral_account_id) and (
-            row.run_generation < intent.run_generation
+            row.external_order_id != intent.external_order_id
         ):
             log.warning(
                 "Order %s of referral account %s was left without an outcome by a deleted run %s: sending it "

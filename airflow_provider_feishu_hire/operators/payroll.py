@@ -119,7 +119,7 @@ class ReferralPayrollOperator(BaseOperator):
             hook.close()
 
     def _batch(self, ledger: Any, context: Context, expected: list[str], folder: Any) -> dict[str, Any]:
-        from airflow_provider_feishu_hire.ledger import PayrollScope
+        from airflow_provider_feishu_hire.ledger import OPEN_STATUSES, PayrollScope
         from airflow_provider_feishu_hire.operators.referral_account import task_try
         from airflow_provider_feishu_hire.payroll import completeness
 
@@ -131,8 +131,11 @@ class ReferralPayrollOperator(BaseOperator):
         written = [self._announce(batch, folder) for batch in batches]
         if made is None and batches:
             self.log.info("Nothing new to claim: payroll %s made before", plural(len(batches), "batch"))
+        rows = ledger.rows(dag_id=task.dag_id, run_id=task.run_id)
+        # Who this run paid is its own generation's business; an unknown outcome a deleted generation
+        # left is named too, since the money may have moved for this run_id.
         check = completeness(
-            ledger.rows(dag_id=task.dag_id, run_id=task.run_id, run_generation=task.run_generation), expected
+            [r for r in rows if r.run_generation == task.run_generation or r.status in OPEN_STATUSES], expected
         )
         problems = self._problems(ledger, task.dag_id, task.run_id, check)
         if not batches:
