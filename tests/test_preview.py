@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from airflow_provider_feishu_hire.client import FeishuClient
 from airflow_provider_feishu_hire.preview import LARGEST_SHOWN, preview_payout
 from airflow_provider_feishu_hire.sandbox import Account, FeishuSandbox
+from tests.conftest import AirflowRunner, connection_json
 from tests.test_payout import client_for
 
 ACCOUNTS = [
@@ -102,3 +104,37 @@ def test_nothing_is_withdrawn_by_a_preview(client: FeishuClient) -> None:
     sandbox: FeishuSandbox = client.sandbox  # type: ignore[attr-defined]
     assert sandbox.ledger == [] and sandbox.requests["withdraw"] == 0
     assert sandbox.requests["assets"] == len(ACCOUNTS)
+
+
+CHOSEN_CONNECTION_DAG = """
+import pendulum
+from airflow.sdk import DAG, Param
+
+from airflow_provider_feishu_hire.operators.approval import ReferralPayoutPreviewOperator
+from airflow_provider_feishu_hire.operators.reconciliation import ReferralReconcileOperator
+
+with DAG(
+    "feishu_chosen_connection",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    params={"feishu_hire_conn_id": Param("feishu_hire_default", type="string")},
+):
+    conn = "{{ params.feishu_hire_conn_id }}"
+    ReferralPayoutPreviewOperator(task_id="preview", referral_account_ids=["7302"], feishu_hire_conn_id=conn)
+    ReferralReconcileOperator(task_id="reconcile", feishu_hire_conn_id=conn)
+"""
+
+
+def test_the_person_who_triggers_chooses_the_connection(airflow_runner: AirflowRunner, tmp_path: Path) -> None:
+    """The preview and the reconciliation template their connection id: a DAG param picks a hand-made one."""
+    dag_file = tmp_path / "feishu_chosen_connection.py"
+    dag_file.write_text(CHOSEN_CONNECTION_DAG)
+    airflow_runner.add_dag(dag_file)
+    with FeishuSandbox(ACCOUNTS, rate_limits=False) as sandbox:
+        done = airflow_runner.dags_test(
+            "feishu_chosen_connection",
+            {"feishu_hire_conn_id": "feishu_hire_by_hand"},  # there is no feishu_hire_default here
+            AIRFLOW_CONN_FEISHU_HIRE_BY_HAND=connection_json(sandbox.url),
+        )
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+        assert sandbox.requests["assets"] == 1 and sandbox.requests["token"] >= 1

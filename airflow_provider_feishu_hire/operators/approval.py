@@ -47,7 +47,8 @@ class ReferralPayoutPreviewOperator(BaseOperator):
     :class:`ReferralPayoutApprovalOperator`.
     """
 
-    template_fields: Sequence[str] = ("referral_account_ids", "withdraw_bonus_type")
+    # The connection too: a DAG param lets the person who triggers choose it.
+    template_fields: Sequence[str] = ("referral_account_ids", "withdraw_bonus_type", "feishu_hire_conn_id")
     ui_color = FEISHU_BLUE
     ui_fgcolor = "#ffffff"
 

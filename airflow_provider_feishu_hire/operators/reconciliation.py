@@ -44,7 +44,8 @@ class ReferralReconcileOperator(BaseOperator):
     Run it after the payroll export, with ``trigger_rule="all_done"``.
     """
 
-    template_fields: Sequence[str] = ("start_trans_time", "end_trans_time")
+    # The connection too: a DAG param lets the person who triggers choose it.
+    template_fields: Sequence[str] = ("start_trans_time", "end_trans_time", "feishu_hire_conn_id")
     ui_color = FEISHU_BLUE
     ui_fgcolor = "#ffffff"
 
