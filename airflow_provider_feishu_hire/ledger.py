@@ -996,8 +996,17 @@ class Ledger:
             )
             return [int(batch_id) for (batch_id,) in cur.fetchall()]
 
+    def delivered(self, payroll_batch_id: int, consumer: str) -> bool:
+        """Whether ``consumer`` recorded taking this batch: an import asks before it imports."""
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                "SELECT count(*) FROM feishu_hire_payroll_delivery WHERE payroll_batch_id = ? AND consumer = ?",
+                (payroll_batch_id, consumer),
+            )
+            return bool(cur.fetchone()[0])
+
     def record_delivery(self, payroll_batch_id: int, consumer: str) -> bool:
-        """Note that ``consumer`` has taken a batch; False when it had already: how an import skips repeats."""
+        """Note that ``consumer`` has taken a batch, after it did; False when it had already."""
         with self._transaction() as cur:
             cur.execute(
                 "INSERT INTO feishu_hire_payroll_delivery VALUES (?, ?, ?) "
@@ -1397,9 +1406,9 @@ def _superseded_message(task: TaskTry, holder: TaskTry) -> str:
     if holder.run_generation == task.run_generation and holder.try_number > task.try_number:
         return f"try {holder.try_number} of this task has started, so try {task.try_number} sends nothing"
     return (
-        f"try {task.try_number} of task {task.task_id} in DAG run {task.run_id} is not the try the ledger knows "
-        f"(try {holder.try_number} of run generation {holder.run_generation}): was the DAG run deleted and "
-        "created again while it was cleared? Trigger it under a new run_id"
+        f"the ledger holds try {holder.try_number} of task {task.task_id} in DAG run {task.run_id} from another "
+        "task instance: the run was deleted and created again under the same run_id with the same start date, "
+        "so it cannot be told from the deleted run and sends nothing. Trigger it under a new run_id"
     )
 
 

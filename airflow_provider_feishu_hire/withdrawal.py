@@ -27,12 +27,18 @@ MAX_ID_LENGTH = 64
 _CENT = Decimal("0.01")
 
 
+# The same rule for a DAG's trigger form (a JSON-schema pattern): surrounding white space, as people
+# paste ids, is allowed there and trimmed by the checks below; anything else is refused.
+REFERRAL_ACCOUNT_ID_PATTERN = rf"^\s*[A-Za-z0-9_-]{{1,{MAX_ID_LENGTH}}}\s*$"
+
+
 def check_referral_account_id(value: object, field: str = "referral_account_id") -> str:
-    """Return the id as the string that goes into the URL path, or say which field is wrong."""
+    """Return the id as the string that goes into the URL path (surrounding white space trimmed), or say which
+    field is wrong."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise TypeError(f"{field} must be a string of digits, got {type(value).__name__}")
-    text = str(value)
-    if not text.strip():
+    text = str(value).strip()
+    if not text:
         raise ValueError(f"{field} is empty")
     if len(text) > MAX_ID_LENGTH or not _SAFE_ID.fullmatch(text):
         raise ValueError(

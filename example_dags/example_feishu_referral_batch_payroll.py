@@ -18,8 +18,9 @@ from airflow_provider_feishu_hire.operators.approval import (
 from airflow_provider_feishu_hire.operators.payroll import ReferralPayrollOperator
 from airflow_provider_feishu_hire.operators.reconciliation import ReferralReconcileOperator
 from airflow_provider_feishu_hire.operators.referral_account import ReferralBatchWithdrawOperator
+from airflow_provider_feishu_hire.withdrawal import REFERRAL_ACCOUNT_ID_PATTERN
 
-ACCOUNT_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
+ACCOUNT_ID = {"type": "string", "pattern": REFERRAL_ACCOUNT_ID_PATTERN}
 APPROVAL_HELP = (
     "A person approves the previewed totals in the Airflow UI before anything is paid. Off: unattended runs "
     "pay at once (recorded in the ledger as 'not required')"
@@ -36,6 +37,7 @@ OUTPUT_DIR_HELP = (
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     tags=["feishu", "payroll", "example"],
+    doc_md=__doc__,
     params={
         "referral_account_ids": Param([], type="array", items=ACCOUNT_ID, minItems=1),
         # null, not "": Airflow 3.3.2's trigger form will not submit an empty string.

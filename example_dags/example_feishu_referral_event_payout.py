@@ -17,6 +17,11 @@ already emptied is skipped rather than withdrawn as zero. Each run also takes th
 newer than its own (Airflow leaves out those that arrive while it creates the run, until
 some later event comes), so no credit waits for the next one.
 
+Each run's export puts what the run paid into a payroll batch; a run that paid nothing (its
+event was our own withdrawal's, or a repeat) makes no batch and announces nothing. A
+withdrawal belongs to the run that sent it, so an event another run found empty and this
+one paid is in this run's batch.
+
 The connection ``feishu_hire_default`` is the app's (a self-built app subscribed to the
 event, with the long connection as its subscription mode); the ledger is
 ``feishu_hire_ledger`` as for the other payout DAGs. The month-end payroll DAG still
@@ -53,6 +58,7 @@ REFERRAL_BALANCES = Asset(
     catchup=False,
     max_active_runs=1,
     tags=["feishu", "payroll", "events", "example"],
+    doc_md=__doc__,
     default_args={"retries": 3},
 )
 def example_feishu_referral_event_payout() -> None:
@@ -103,8 +109,11 @@ def example_feishu_referral_event_payout() -> None:
         external_order_ids=changed["external_order_ids"],
         check_balances=True,  # a balance an earlier run already emptied is skipped, not withdrawn as zero
     )
-    # all_done: everyone paid reaches payroll even when one account fails.
-    withdrawals >> ReferralPayrollOperator(task_id="export_payroll", trigger_rule="all_done")
+    # all_done: everyone paid reaches a payroll batch even when one account fails; the export then fails
+    # naming that account (refusals are in the ledger), so the run is never green with someone unpaid.
+    withdrawals >> ReferralPayrollOperator(
+        task_id="export_payroll", referral_account_ids=changed["referral_account_ids"], trigger_rule="all_done"
+    )
 
 
 example_feishu_referral_event_payout()

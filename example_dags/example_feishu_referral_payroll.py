@@ -1,11 +1,13 @@
 """Pay out Feishu Hire referral bonuses: withdraw each account, export the run's payroll, reconcile with Feishu.
 
-Trigger with a conf such as ``{"referral_account_ids": ["7001000000000000001"]}``. Each
-account is its own mapped task instance, labelled by account id in the UI. Every
-withdrawal goes through the payout ledger (the ``feishu_hire_ledger`` connection, or an
-SQLite file in ``$AIRFLOW_HOME`` on a single machine), so retries, clears and re-ordered
-lists never pay twice and never lose anyone from payroll. Works unchanged on any number of
-workers once the ledger is on PostgreSQL.
+Trigger with a conf such as ``{"referral_account_ids": ["7001000000000000001"]}``. A person
+approves the previewed amounts first. Each account is its own mapped task instance,
+labelled by account id in the UI. Every withdrawal goes through the payout ledger (the
+``feishu_hire_ledger`` connection, or an SQLite file in ``$AIRFLOW_HOME`` on a single
+machine), so retries, clears and re-ordered lists never pay twice. The export then puts
+what this run paid into one payroll batch (a ledger record: each payment is in exactly one
+batch) and announces it on the ``feishu_hire_payroll`` asset; it fails naming anyone not
+paid. Works unchanged on any number of workers once the ledger is on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from airflow_provider_feishu_hire.operators.approval import (
 from airflow_provider_feishu_hire.operators.payroll import ReferralPayrollOperator
 from airflow_provider_feishu_hire.operators.reconciliation import ReferralReconcileOperator
 from airflow_provider_feishu_hire.operators.referral_account import ReferralWithdrawOperator
+from airflow_provider_feishu_hire.withdrawal import REFERRAL_ACCOUNT_ID_PATTERN
 
 # The accounts of the bundled sandbox (python -m airflow_provider_feishu_hire.sandbox).
 SANDBOX_ACCOUNT_IDS = [
@@ -31,7 +34,7 @@ SANDBOX_ACCOUNT_IDS = [
     "7001000000000000004",
     "7001000000000000005",
 ]
-ACCOUNT_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
+ACCOUNT_ID = {"type": "string", "pattern": REFERRAL_ACCOUNT_ID_PATTERN}
 APPROVAL_HELP = (
     "A person approves the previewed totals in the Airflow UI before anything is paid. Off: unattended runs "
     "pay at once (recorded in the ledger as 'not required')"
@@ -48,6 +51,7 @@ OUTPUT_DIR_HELP = (
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     tags=["feishu", "payroll", "example"],
+    doc_md=__doc__,
     params={
         "referral_account_ids": Param(
             SANDBOX_ACCOUNT_IDS, type="array", items=ACCOUNT_ID, minItems=1, description="Referral account ids"
@@ -62,8 +66,11 @@ OUTPUT_DIR_HELP = (
 def example_feishu_referral_payroll() -> None:
     @task
     def referral_account_ids(params: dict[str, Any] | None = None) -> list[str]:
+        """The ids as pasted, trimmed and checked, each once: one mapped withdrawal per account."""
+        from airflow_provider_feishu_hire.withdrawal import check_referral_account_ids
+
         assert params is not None
-        return list(dict.fromkeys(str(account_id) for account_id in params["referral_account_ids"]))
+        return list(dict.fromkeys(check_referral_account_ids(params["referral_account_ids"])))
 
     account_ids = referral_account_ids()
     withdrawals = ReferralWithdrawOperator.partial(task_id="withdraw_referral_account").expand(

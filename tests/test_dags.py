@@ -161,9 +161,17 @@ def test_example_payroll_dag_with_the_embedded_ledger_pays_once_and_exports_from
         assert_no_secret(sandbox, logs_of(runner, done), embedded.read_bytes().decode("latin-1"))
 
 
-def test_a_cleared_run_with_a_reordered_grown_list_keeps_everyone_paid_once_on_postgres(
+def test_a_run_recreated_with_its_old_start_date_sends_nothing_and_keeps_the_first_batch_on_postgres(
     runner: AirflowRunner, postgres: PostgresServer, tmp_path: Path
 ) -> None:
+    """``DAG.test`` under a fixed run id deletes the run and creates it again with the same start date.
+
+    Nothing Airflow hands a task tells that run from the deleted one but its task instances'
+    ids: the ledger refuses its withdrawals before sending (a re-created run must not replay
+    the deleted run's payments as its own), and the run fails saying so. A run re-created
+    with a new start date (any trigger through the UI or the REST API) pays under new order
+    ids instead: tests/test_payroll_batches_dag.py.
+    """
     a, b, n = (Account(f"7600000000000000{i}", point_bonus=100 * int(i), cash_bonus={"CNY": Decimal(5)}) for i in "123")
     uri = postgres.new_database()
     env = {"AIRFLOW_CONN_FEISHU_HIRE_LEDGER": uri}
@@ -173,26 +181,28 @@ def test_a_cleared_run_with_a_reordered_grown_list_keeps_everyone_paid_once_on_p
         first = run_at(runner, sandbox, conf, env)
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
         run_id = last_run_id(runner, PAYROLL_DAG)
-        # The run is cleared; the upstream query (no ORDER BY) now returns another order and a newcomer.
+        paid = sandbox.state()["ledger"]
         conf["referral_account_ids"] = [n.account_id, b.account_id, a.account_id]
         second = run_at(runner, sandbox, conf, env)
-        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+        assert second.returncode == 1
+        assert "created again under the same run_id" in logs_of(runner, second)
         assert last_run_id(runner, PAYROLL_DAG) == run_id
-        assert sorted(e["referral_account_id"] for e in sandbox.state()["ledger"]) == sorted(
-            [a.account_id, b.account_id, n.account_id]
-        )
+        assert sandbox.state()["ledger"] == paid  # nothing sent, nothing paid twice
         with Ledger(postgres_ledger_connection(uri), "postgresql") as ledger:
             assert_paid_exactly_once(ledger, sandbox)
+            (batch,) = ledger.payroll_batches()
         (csv_path,) = (out / PAYROLL_DAG).glob("payroll_*.csv")
-        assert csv_lines(csv_path) == sandbox_payroll(sandbox)  # A's 100 points and 500.00 CNY are still there
+        assert csv_lines(csv_path) == sandbox_payroll(sandbox)  # A's 100 points and 500.00 CNY, in batch 1
         import psycopg2
 
         with psycopg2.connect(uri) as db, db.cursor() as cur:
-            cur.execute("SELECT referral_account_id, bonus_type, currency, amount FROM feishu_hire_payroll")
+            cur.execute(
+                "SELECT referral_account_id, bonus_type, currency, amount, payroll_batch_id FROM feishu_hire_payroll"
+            )
             table = sorted(cur.fetchall())
-        assert [(r[0], r[1], r[2], str(r[3])) for r in table] == sorted(
-            [(x.account_id, "cash", "CNY", "5.00") for x in (a, b, n)]
-            + [(x.account_id, "points", "", str(x.point_bonus)) for x in (a, b, n)]
+        assert [(r[0], r[1], r[2], str(r[3]), r[4]) for r in table] == sorted(
+            [(x.account_id, "cash", "CNY", "5.00", batch.id) for x in (a, b)]
+            + [(x.account_id, "points", "", str(x.point_bonus), batch.id) for x in (a, b)]
         )
         assert_no_secret(sandbox, logs_of(runner, second), repr(table))
 
@@ -273,7 +283,7 @@ def test_a_deactivated_account_fails_alone_and_the_others_still_reach_payroll(
         truth = sandbox_payroll(sandbox)
     output = done.stdout + done.stderr
     assert done.returncode != 0 and "1002555" in output
-    assert "1 referral account not paid (account 7001000000000000009" in output  # the facts first, plural right
+    assert "1 referral account not paid: account 7001000000000000009" in output  # the facts first, plural right
     states = ti_states(runner, PAYROLL_DAG)
     assert states[("withdraw_referral_account", 0)] == ("success", 1)
     assert states[("withdraw_referral_account", 1)] == ("failed", 1)  # AirflowFailException: no retries
