@@ -395,6 +395,22 @@ def ack_frame(frame: Frame, handled_ms: int) -> Frame:
     return replace(frame, headers=[*frame.headers, ("biz_rt", str(handled_ms))], payload=ACK_PAYLOAD)
 
 
+class Tally:
+    """Counts something a server can make happen endlessly, and says when to log it.
+
+    The 1st, 10th, 100th, ... time: a flood of them cannot flood the log, and the log
+    still shows how big the flood was.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def note(self) -> bool:
+        """Count one more; True when this one should be logged."""
+        self.count += 1
+        return not math.log10(self.count) % 1
+
+
 class Reassembly:
     """Joins the ``seq`` parts (0 to ``sum`` - 1) of one ``message_id``; parts may come in any order, or twice.
 
@@ -407,6 +423,7 @@ class Reassembly:
     def __init__(self) -> None:
         self._parts: OrderedDict[str, tuple[float, dict[int, bytes]]] = OrderedDict()
         self._bytes = 0  # payload bytes held in _parts
+        self._dropped = Tally()
 
     def add(self, frame: Frame) -> bytes | None:
         """The whole payload once every part is in (at once for an unsplit frame), else None."""
@@ -447,7 +464,12 @@ class Reassembly:
                 return
             dropped = next(iter(self._parts))
             self._take(dropped)
-            log.warning("Dropped the incomplete split message %s: its other parts did not come in time", dropped)
+            if self._dropped.note():
+                log.warning(
+                    "Dropped the incomplete split message %s (the %s. so far on this connection): its other "
+                    "parts did not come in time, or too many messages are unfinished",
+                    dropped, self._dropped.count,
+                )  # fmt: skip
 
     def __len__(self) -> int:
         return len(self._parts)
@@ -671,7 +693,7 @@ class LongConnection:
         self.connections = 0  # successful dials, for logs and tests
         self.rejected: deque[Rejection] = deque(maxlen=REJECTIONS_KEPT)
         self._logged = SeenEvents(limit=10 * REJECTIONS_KEPT)  # rejections already logged, by event or message id
-        self._unidentified = 0  # rejected frames without any id
+        self._unidentified = Tally()  # rejected frames without any id
 
     async def updates(self) -> AsyncIterator[ReferralAssetsUpdate]:
         """Every ``assets_update_v1`` event, each acknowledged once the consumer asks for the next one.
@@ -730,10 +752,13 @@ class LongConnection:
         endpoint = await self._endpoint(self.config)
         self.config = endpoint.config
         # Feishu's own ping/pong keeps the connection alive; the WebSocket-level one stays on
-        # too (as in the SDK), so a half-open connection is noticed within a minute.
+        # too (as in the SDK), so a half-open connection is noticed within a minute. No
+        # compression: one network read of deflated frames inflates them all at once, before
+        # the receive queue's limit can stop reading (a server sent 60 MB in 256 KiB that way).
         async with connect(
-            endpoint.url, max_size=MAX_FRAME_BYTES, open_timeout=30, proxy=None, logger=_websocket_log
-        ) as ws:
+            endpoint.url, max_size=MAX_FRAME_BYTES, compression=None, open_timeout=30, proxy=None,
+            logger=_websocket_log,
+        ) as ws:  # fmt: skip
             self.connections += 1
             log.info("Connected to Feishu's event long connection at %s", endpoint.where)
             pinger = asyncio.create_task(self._ping(ws, endpoint.service_id))
@@ -793,11 +818,10 @@ class LongConnection:
         )
         self.rejected.append(rejection)
         key = event_id or message_id
-        if key is None:  # undecodable bytes: log the 1st, 10th, 100th, ... so a flood of them cannot flood the log
-            self._unidentified += 1
-            if math.log10(self._unidentified) % 1:
+        if key is None:  # undecodable bytes
+            if not self._unidentified.note():
                 return rejection
-            reason = f"{rejection.reason} (unreadable frame number {self._unidentified})"
+            reason = f"{rejection.reason} (unreadable frame number {self._unidentified.count})"
         elif key in self._logged:
             return rejection
         else:
