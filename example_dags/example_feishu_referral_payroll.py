@@ -39,6 +39,9 @@ APPROVAL_HELP = (
     "A person approves the previewed totals in the Airflow UI before anything is paid. Off: unattended runs "
     "pay at once (recorded in the ledger as 'not required')"
 )
+CONNECTION_HELP = (
+    "The Feishu Hire connection to pay through (Admin > Connections); feishu_hire_default is the sandbox's"
+)
 OUTPUT_DIR_HELP = (
     "Folder for the payroll CSV, reachable by every worker. Empty: beside an SQLite ledger, or no CSV with a "
     "PostgreSQL ledger (the feishu_hire_payroll table holds the payroll)"
@@ -59,9 +62,11 @@ OUTPUT_DIR_HELP = (
         # null, not "": Airflow 3.3.2's trigger form will not submit an empty string.
         "output_dir": Param(None, type=["null", "string"], description=OUTPUT_DIR_HELP),
         "require_approval": Param(True, type="boolean", description=APPROVAL_HELP),
+        "feishu_hire_conn_id": Param("feishu_hire_default", type="string", minLength=1, description=CONNECTION_HELP),
     },
     # The delay between tries is the deployment's [core] default_task_retry_delay.
-    default_args={"retries": 3},
+    # Every Feishu operator takes the connection the trigger form chose.
+    default_args={"retries": 3, "feishu_hire_conn_id": "{{ params.feishu_hire_conn_id }}"},
 )
 def example_feishu_referral_payroll() -> None:
     @task

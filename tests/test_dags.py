@@ -357,6 +357,25 @@ def test_batch_example_pays_everyone_once_skips_empty_accounts_and_exports(
         assert_no_secret(sandbox, logs_of(runner, done))
 
 
+def test_the_trigger_form_chooses_the_connection_every_feishu_task_uses(
+    runner: AirflowRunner, ledger_file: Path
+) -> None:
+    """A connection made by hand, chosen in the trigger form: feishu_hire_default (here: nowhere) is never used."""
+    ids = ["7001000000000000001", "7001000000000000002"]
+    with FeishuSandbox(demo_accounts(), rate_limits=False) as sandbox:
+        done = runner.airflow(
+            "dags", "test", BATCH_DAG, "--conf",
+            json.dumps({"referral_account_ids": [f" {ids[0]} ", ids[1]], "require_approval": False,
+                        "feishu_hire_conn_id": "feishu_hand_made"}),
+            AIRFLOW_CONN_FEISHU_HAND_MADE=connection_json(sandbox.url),
+            AIRFLOW_CONN_FEISHU_HIRE_DEFAULT=connection_json("https://127.0.0.1:9"),
+            **ledger_env(ledger_file),
+        )  # fmt: skip
+        assert done.returncode == 0, failed(runner, done)
+        assert sorted(e["referral_account_id"] for e in sandbox.state()["ledger"]) == ids  # the pasted space trimmed
+        assert sandbox.requests["reconciliation"] == 1 and sandbox.requests["assets"] >= 2  # preview and batch too
+
+
 def test_batch_pays_the_others_exports_them_then_fails_without_retry_on_a_bad_account(
     runner: AirflowRunner, tmp_path: Path, ledger_file: Path
 ) -> None:

@@ -105,7 +105,12 @@ class ReferralWithdrawOperator(BaseOperator):
     Each mapped instance is labelled by its account id.
     """
 
-    template_fields: Sequence[str] = ("referral_account_id", "withdraw_bonus_type", "external_order_id")
+    template_fields: Sequence[str] = (
+        "referral_account_id",
+        "withdraw_bonus_type",
+        "external_order_id",
+        "feishu_hire_conn_id",
+    )
     ui_color = FEISHU_BLUE
     ui_fgcolor = "#ffffff"
 
@@ -191,7 +196,12 @@ class ReferralBatchWithdrawOperator(BaseOperator):
     from the run; the others are derived from DAG, run, task and account.
     """
 
-    template_fields: Sequence[str] = ("referral_account_ids", "withdraw_bonus_type", "external_order_ids")
+    template_fields: Sequence[str] = (
+        "referral_account_ids",
+        "withdraw_bonus_type",
+        "external_order_ids",
+        "feishu_hire_conn_id",
+    )
     ui_color = FEISHU_BLUE
     ui_fgcolor = "#ffffff"
 
@@ -348,7 +358,13 @@ class ReferralAccountRegisterOperator(BaseOperator):
     the email or mobile number.
     """
 
-    template_fields: Sequence[str] = ("referrer_mobile", "mobile_code", "referrer_email", "user_id_type")
+    template_fields: Sequence[str] = (
+        "referrer_mobile",
+        "mobile_code",
+        "referrer_email",
+        "user_id_type",
+        "feishu_hire_conn_id",
+    )
     ui_color = FEISHU_BLUE
     ui_fgcolor = "#ffffff"
 
@@ -416,7 +432,7 @@ class ReferralAccountRegisterOperator(BaseOperator):
 class _ReferralAccountStatusOperator(BaseOperator):
     """Change one account's status; mappable over ``referral_account_id``, labelled by it."""
 
-    template_fields: Sequence[str] = ("referral_account_id",)
+    template_fields: Sequence[str] = ("referral_account_id", "feishu_hire_conn_id")
     ui_color = FEISHU_BLUE
     ui_fgcolor = "#ffffff"
     doing = ""
@@ -470,7 +486,7 @@ class ReferralAccountDeactivateOperator(_ReferralAccountStatusOperator):
 class ReferralAccountEnableOperator(_ReferralAccountStatusOperator):
     """Enable a deactivated referral account again, so its balance can be withdrawn."""
 
-    template_fields: Sequence[str] = ("referral_account_id", "user_id_type")
+    template_fields: Sequence[str] = ("referral_account_id", "user_id_type", "feishu_hire_conn_id")
     doing = "enabled"
 
     def __init__(self, *, user_id_type: object = None, **kwargs: Any) -> None:
