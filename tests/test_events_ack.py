@@ -18,16 +18,16 @@ import pytest
 
 pytest.importorskip("airflow.triggers.shared_stream", reason="ack mode needs Airflow 3.3")
 
-from airflow.triggers.shared_stream import SharedStreamManager  # noqa: E402
+from airflow.triggers.shared_stream import SharedStreamManager
 
-from airflow_provider_feishu_hire.sandbox import Account, FeishuSandbox  # noqa: E402
-from airflow_provider_feishu_hire.triggers.events import (  # noqa: E402
+from airflow_provider_feishu_hire.sandbox import Account, FeishuSandbox
+from airflow_provider_feishu_hire.triggers.events import (
     MAX_IN_FLIGHT,
     REJECTED_EVENTS_KEY,
     FeishuReferralAssetsTrigger,
 )
-from tests.conftest import connection_json  # noqa: E402
-from tests.test_events import ACCOUNT, OTHER, QUICK, connected, events, wait_for  # noqa: E402
+from tests.conftest import connection_json
+from tests.test_events import ACCOUNT, OTHER, QUICK, connected, events, wait_for
 
 
 @pytest.fixture
@@ -110,7 +110,7 @@ def test_a_triggerer_killed_before_the_event_was_stored_gets_it_again_after_a_re
         await wait_for(lambda: connected(sandbox))
         sandbox.credit(ACCOUNT, 10)
         await wait_for(lambda: first.unstored)
-        (_, lost), = first.unstored
+        ((_, lost),) = first.unstored
         await first.kill()  # the asset event never reached the database
         assert events(sandbox)[lost["event_id"]]["acked"] is False
 
