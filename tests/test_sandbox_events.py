@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
@@ -495,6 +496,72 @@ def test_an_ignored_ack_means_the_event_comes_again(start: Start) -> None:
         "acked": True,
         "acks": 2,
     }
+
+
+# -- a hostile server ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["not_json", "deep_json", "modify_time"])
+def test_a_poison_event_is_delivered_again_until_acknowledged(start: Start, kind: str) -> None:
+    sandbox = start(redeliver_after=QUICK)
+    listener = Listener(sandbox)
+    event_id = sandbox.long_connection.poison(kind)
+
+    first = listener.frame()
+    again = listener.frame()  # unanswered: it comes again, under a new message_id
+    listener.ack(again)
+
+    assert first.payload == again.payload and _headers(first)["message_id"] != _headers(again)["message_id"]
+    if kind == "modify_time":
+        body = json.loads(first.payload)
+        assert body["header"]["event_id"] == event_id and body["event"]["modify_time"] == "²"
+    else:
+        with pytest.raises((ValueError, RecursionError)):
+            json.loads(first.payload)
+    _until(lambda: sandbox.state()["events"][event_id]["acked"])
+
+
+@pytest.mark.parametrize(("kind", "headers"), [("bad_split", {"sum": "many"}), ("too_many_parts", {"sum": "1000000"})])
+def test_a_poison_frame_carries_headers_no_client_can_use(start: Start, kind: str, headers: dict[str, str]) -> None:
+    sandbox = start()
+    listener = Listener(sandbox)
+    event_id = sandbox.long_connection.poison(kind)
+
+    frame = listener.frame()
+    listener.ack(frame)
+
+    assert _headers(frame).items() >= headers.items()
+    _until(lambda: sandbox.state()["events"][event_id]["acked"])
+
+
+def test_hostile_client_config_goes_out_unchecked_only_when_asked(start: Start) -> None:
+    sandbox = start()
+    with pytest.raises(ValueError, match="whole number"):
+        sandbox.long_connection.configure({"PingInterval": 0.001})
+    sandbox.long_connection.configure({"PingInterval": 0.001, "ReconnectInterval": -5}, hostile=True)
+
+    config = _endpoint(sandbox)["data"]["ClientConfig"]
+
+    assert (config["PingInterval"], config["ReconnectInterval"]) == (0.001, -5)
+
+
+@pytest.mark.parametrize(("kind", "parses"), [("garbage", False), ("parts", True), ("oversize", True)])
+def test_a_flood_sends_frames_of_the_size_asked(start: Start, kind: str, parses: bool) -> None:
+    sandbox = start()
+    listener = Listener(sandbox)
+
+    assert sandbox.long_connection.flood(kind, 3, 1000) == 3
+
+    messages = [listener.ws.recv(timeout=5) for _ in range(3)]
+    assert all(isinstance(m, bytes) and len(m) >= 1000 for m in messages)
+    if parses:
+        frames = [PbFrame.FromString(m) for m in messages]
+        assert len({_headers(f)["message_id"] for f in frames}) == 3
+        assert {_headers(f)["sum"] for f in frames} == {"2" if kind == "parts" else "1"}
+    else:
+        with pytest.raises(DecodeError):
+            PbFrame.FromString(messages[0])
+    assert sandbox.state()["long_connection"]["flooded"] == 3
 
 
 @pytest.mark.parametrize(
