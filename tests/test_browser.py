@@ -1,6 +1,7 @@
 """The provider as a person meets it: a real Airflow (``make airflow``) in headless Chromium.
 
-One Airflow for the module, four DAG runs. Needs Debian's chromium (``make test``
+One Airflow for the module, four DAG runs; the approved one pays through the connection
+made by hand, chosen in the trigger form. Needs Debian's chromium (``make test``
 installs it where it can). Screenshots go to ``test-artifacts/browser/``, or to the folder
 named by ``FEISHU_HIRE_SCREENSHOTS`` (``FEISHU_HIRE_SCREENSHOTS=docs/screenshots`` renews
 the README's). The tests run in file order: the run with nothing to pay and the rejected
@@ -276,12 +277,20 @@ def test_an_approved_payout_pays_each_account_and_announces_the_payroll(airflow:
     dialog = page.get_by_role("dialog")
     # Airflow's trigger form will not send the param's empty default; the payroll goes under the home.
     dialog.locator("#element_output_dir").fill(str(airflow.home / "payroll"))
+    # Pay through the connection made by hand in the form above, chosen here rather than in the DAG.
+    chosen = dialog.locator("#element_feishu_hire_conn_id")
+    chosen.fill(BY_HAND)
+    chosen.scroll_into_view_if_needed()
+    shot(page, "trigger-form")
     with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/dagRuns")) as answer:
         dialog.get_by_role("button", name="Trigger").click()
     run_id = answer.value.json()["dag_run_id"]
 
     decide(airflow, page, run_id, "Approve", screenshot="approval")
     assert run_state(airflow, DAG_ID, run_id) == "success"
+    for task_id in ("preview_payout", "withdraw_referral_account/0", "reconcile_with_feishu"):
+        ti = api(airflow, f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}")
+        assert ti["rendered_fields"]["feishu_hire_conn_id"] == BY_HAND, (task_id, ti["rendered_fields"])
 
     run_url = f"{airflow.url}/dags/{DAG_ID}/runs/{run_id}"
     page.goto(run_url)
