@@ -541,7 +541,7 @@ class FeishuClient:
                 try:
                     token = self.get_tenant_access_token()
                 except FeishuAPIError as err:
-                    raise err.with_context(context, uncertain=reached) from None
+                    raise err.with_context(context, uncertain=reached, sent=False) from None
                 headers["Authorization"] = f"Bearer {token}"
             if limiter is not None:
                 limiter.acquire()

@@ -37,7 +37,9 @@ class FeishuAPIError(Exception):
     may succeed later; the client decides it once, so callers never re-derive it.
     ``uncertain`` says an earlier attempt of the same call failed in a way that may have
     reached Feishu (a timeout, a dropped connection, a 5xx): a refusal now does not prove
-    that nothing was committed before.
+    that nothing was committed before. ``sent`` is False when the call itself never left:
+    its tenant token could not be had (a wrong secret, a stale ``app_ticket``), so the
+    error says nothing about the endpoint.
     The message never carries the App Secret or a token: only what Feishu sent back
     and the resource we were working on.
     """
@@ -53,6 +55,7 @@ class FeishuAPIError(Exception):
         retry_after: float | None = None,
         context: str | None = None,
         uncertain: bool = False,
+        sent: bool = True,
     ) -> None:
         self.code = code
         self.msg = msg
@@ -62,6 +65,7 @@ class FeishuAPIError(Exception):
         self.retry_after = retry_after
         self.context = context
         self.uncertain = uncertain
+        self.sent = sent
         super().__init__(self._describe())
 
     @property
@@ -88,7 +92,13 @@ class FeishuAPIError(Exception):
         text = f"{head} ({', '.join(facts)})"
         return f"{text} while {self.context}" if self.context else text
 
-    def with_context(self, context: str, *, uncertain: bool = False) -> FeishuAPIError:
+    @property
+    def reached_endpoint(self) -> bool:
+        """Whether this error came from the endpoint called, or may have (no answer): not from the token
+        fetch before it, nor from the gateway's rate limit or token check in front of it."""
+        return self.sent and not self.is_rate_limited and not self.is_token_error
+
+    def with_context(self, context: str, *, uncertain: bool = False, sent: bool = True) -> FeishuAPIError:
         """Name what we were doing (e.g. the account id) without losing Feishu's facts."""
         return FeishuAPIError(
             self.msg,
@@ -99,4 +109,5 @@ class FeishuAPIError(Exception):
             retry_after=self.retry_after,
             context=context,
             uncertain=self.uncertain or uncertain,
+            sent=self.sent and sent,
         )

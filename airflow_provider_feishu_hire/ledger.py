@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -41,8 +41,14 @@ from typing import Any
 from airflow_provider_feishu_hire.withdrawal import Withdrawal, format_money, trans_time_iso
 
 SKIPPED, SENDING, PAID, REJECTED, REVIEW = "skipped", "sending", "paid", "rejected", "review"
+NEEDS_APPROVAL = "needs_approval"  # nothing sent: the balance is more than the run's approval covers
+# Approval decisions: a person's two, a run that turned approval off, a preview that found nothing to pay.
+APPROVE, REJECT, NOT_REQUIRED, NOTHING_TO_PAY = "Approve", "Reject", "not required", "nothing to pay"
 UNSENT = "unsent"  # an attempt's outcome only: refused before it reached Feishu (429, token)
 OPEN_STATUSES = (SENDING, REVIEW)  # money may have moved and payroll cannot show it yet
+# No send of the order id can have moved money: never sent, or every send refused. A balance read
+# may settle these again (skipped, rejected, needs approval); any other status only a send settles.
+UNSENT_STATUSES = (SKIPPED, REJECTED, NEEDS_APPROVAL)
 
 DEFAULT_LEDGER_CONN_ID = "feishu_hire_ledger"
 SCHEMA_VERSION = 3  # 2: reconciliations, registrations, approvals; 3: run generations, payroll batches
@@ -171,6 +177,20 @@ _DDL = (
         accounts INTEGER NOT NULL,
         point_bonus BIGINT NOT NULL,
         cash_bonus TEXT NOT NULL)""",
+    # What a payout's approver is shown: every account's balance at preview time, which an approval binds.
+    """CREATE TABLE IF NOT EXISTS feishu_hire_payout_preview (
+        id {serial},
+        dag_id TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        run_generation INTEGER NOT NULL,
+        task_id TEXT NOT NULL,
+        previewed_at TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS feishu_hire_payout_preview_account (
+        payout_preview_id BIGINT NOT NULL REFERENCES feishu_hire_payout_preview (id),
+        referral_account_id TEXT NOT NULL,
+        point_bonus BIGINT NOT NULL,
+        cash_bonus TEXT NOT NULL,
+        PRIMARY KEY (payout_preview_id, referral_account_id))""",
     # Which incarnation of a DAG run a task belongs to: Airflow re-creates a deleted run under the
     # same run_id, and its clear_number starts again at 0 with a new start_date (see run_generation).
     """CREATE TABLE IF NOT EXISTS feishu_hire_run_generation (
@@ -217,6 +237,9 @@ _ADDED_COLUMNS = (
     ("feishu_hire_task_lease", "ti_id", "TEXT"),
     ("feishu_hire_task_lease", "run_generation", "INTEGER NOT NULL DEFAULT 1"),
     ("feishu_hire_payroll", "payroll_batch_id", "BIGINT"),
+    ("feishu_hire_approval", "run_generation", "INTEGER NOT NULL DEFAULT 1"),
+    ("feishu_hire_approval", "triggered_by", "TEXT"),
+    ("feishu_hire_approval", "payout_preview_id", "BIGINT"),
 )
 
 
@@ -259,6 +282,9 @@ class Approval:
     accounts: int
     point_bonus: int
     cash_bonus: dict[str, str]  # currency -> decimal string
+    run_generation: int = 1
+    triggered_by: str | None = None  # who triggered the run (Airflow's triggering_user_name): never the approver
+    payout_preview_id: int | None = None  # the per-account amounts the approver was shown
 
 
 @dataclass(frozen=True)
@@ -426,7 +452,8 @@ class LedgerRow:
         if self.status == SENDING:
             last = f", last error {self.error_code} {self.error_msg}" if self.error_msg else ""
             return f"account {self.referral_account_id} order {self.external_order_id} outcome unknown{last}"
-        return f"account {self.referral_account_id} order {self.external_order_id} {self.status}"
+        why = f" ({self.error_msg})" if self.error_msg else ""
+        return f"account {self.referral_account_id} order {self.external_order_id} {self.status}{why}"
 
 
 def _ledger_row(values: Sequence[Any], cash: dict[str, Decimal]) -> LedgerRow:
@@ -437,6 +464,11 @@ def _ledger_row(values: Sequence[Any], cash: dict[str, Decimal]) -> LedgerRow:
         order_id, account, status, dag_id, run_id, task_id, sends, code, msg, log_id, withdrawal, raw, cash,
         int(generation), None if batch_id is None else int(batch_id),
     )  # fmt: skip
+
+
+def _cash_json(cash: Mapping[str, Decimal]) -> str:
+    """Cash per currency as JSON of exact decimal strings."""
+    return json.dumps({currency: format_money(amount) for currency, amount in cash.items()}, sort_keys=True)
 
 
 def _now() -> str:
@@ -714,12 +746,17 @@ class Ledger:
         """
         return self._settle_unsent(intent, REJECTED, code, reason)
 
+    def hold(self, intent: Intent, reason: str) -> bool:
+        """Record that the account holds more than the run's approval covers: nothing sent, a new approval pays it."""
+        return self._settle_unsent(intent, NEEDS_APPROVAL, None, reason)
+
     def _settle_unsent(self, intent: Intent, status: str, code: int | None, reason: str) -> bool:
         """Settle an order id as ``skipped`` or ``rejected`` without a send, unless a send may have moved money.
 
         A row whose every send Feishu refused (``rejected``) holds no payment, so a later balance
         read that shows nothing settles it as skipped (Feishu may answer an empty withdrawal
-        with an error, and that must not be re-sent for ever).
+        with an error, and that must not be re-sent for ever). A row just inserted counts as
+        unsent (``sends`` 0) whatever status it was inserted with.
         """
         now = _now()
         with self._transaction() as cur:
@@ -727,8 +764,8 @@ class Ledger:
             self._insert(cur, intent, status, now)
             row = self._row(cur, intent.external_order_id, lock=True)
             self._check_same_withdrawal(cur, intent, row)
-            if not (row.status in (SKIPPED, REJECTED) and (row.sends == 0 or row.status == REJECTED)):
-                return False  # sent before: its zero balance may be that send's payment
+            if row.status not in UNSENT_STATUSES:
+                return False  # a send of it may have moved money: only sending it again settles it
             cur.execute(
                 "UPDATE feishu_hire_withdrawal SET status = ?, error_code = ?, error_msg = ?, updated_at = ?, "
                 "dag_id = ?, run_id = ?, task_id = ?, map_index = ?, run_generation = ? WHERE external_order_id = ?",
@@ -789,8 +826,10 @@ class Ledger:
         Feishu. When another send of it is still waiting for its answer, the row stays
         ``sending`` for that send to settle; when an earlier send (this call's or another
         try's) ended without a known outcome, only a person can say whether money moved
-        (``review``). ``reached`` false says this attempt never got past Feishu's gateway or
-        auth layer (a 429, a rejected token): it counts as no send for later judgements.
+        (``review``). ``reached`` false says this attempt never got to the withdraw endpoint
+        (its login failed, Feishu's gateway refused it): it counts as no send, and it moves
+        nothing to ``review`` — a row with an earlier unknown send stays ``sending`` for the
+        next try to send again.
         """
         order_id = claim.intent.external_order_id
         now = _now()
@@ -798,7 +837,9 @@ class Ledger:
             row = self._row(cur, order_id, lock=True)
             if row.status == SENDING and not retryable:
                 in_flight, unknown = self._other_attempts(cur, claim)
-                if in_flight:
+                if not reached:  # refused before the endpoint (a login): proves nothing about earlier sends
+                    status = SENDING if in_flight or unknown or uncertain or claim.uncertain else REJECTED
+                elif in_flight:
                     status = SENDING
                 elif uncertain or claim.uncertain or unknown:
                     status = REVIEW
@@ -1036,7 +1077,7 @@ class Ledger:
                 _now(),
                 len({row.referral_account_id for row in members}),
                 sum(row.withdrawal.point_bonus for row in members if row.withdrawal is not None),
-                json.dumps({currency: format_money(amount) for currency, amount in cash.items()}, sort_keys=True),
+                _cash_json(cash),
             ),
         )
         (batch_id,) = cur.fetchone()
@@ -1226,12 +1267,42 @@ class Ledger:
                 (app_id, referrer, referral_account_id, _now()),
             )
 
+    def record_preview(self, task: TaskTry, balances: Mapping[str, tuple[int, Mapping[str, Decimal]]]) -> int:
+        """Keep what an approver will be shown: each account's points and cash per currency; returns its id."""
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO feishu_hire_payout_preview (dag_id, run_id, run_generation, task_id, previewed_at) "
+                "VALUES (?, ?, ?, ?, ?) RETURNING id",
+                (task.dag_id, task.run_id, task.run_generation, task.task_id, _now()),
+            )
+            (preview_id,) = cur.fetchone()
+            for account, (points, cash) in balances.items():
+                cur.execute(
+                    "INSERT INTO feishu_hire_payout_preview_account VALUES (?, ?, ?, ?)",
+                    (preview_id, account, points, _cash_json(cash)),
+                )
+        return int(preview_id)
+
+    def previewed(self, payout_preview_id: int, referral_account_id: str) -> tuple[int, dict[str, Decimal]] | None:
+        """The points and cash an approver was shown for one account, or None when it was not shown."""
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                "SELECT point_bonus, cash_bonus FROM feishu_hire_payout_preview_account "
+                "WHERE payout_preview_id = ? AND referral_account_id = ?",
+                (payout_preview_id, referral_account_id),
+            )
+            found = cur.fetchone()
+        if found is None:
+            return None
+        return int(found[0]), {currency: Decimal(amount) for currency, amount in json.loads(found[1]).items()}
+
     def record_approval(self, approval: Approval) -> None:
         """Keep a payout decision; every decision is kept, a cleared run's too."""
         with self._transaction() as cur:
             cur.execute(
                 "INSERT INTO feishu_hire_approval (dag_id, run_id, task_id, decision, decided_by, decided_at, "
-                "accounts, point_bonus, cash_bonus) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "accounts, point_bonus, cash_bonus, run_generation, triggered_by, payout_preview_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     approval.dag_id,
                     approval.run_id,
@@ -1242,22 +1313,29 @@ class Ledger:
                     approval.accounts,
                     approval.point_bonus,
                     json.dumps(approval.cash_bonus, sort_keys=True),
+                    approval.run_generation,
+                    approval.triggered_by,
+                    approval.payout_preview_id,
                 ),
             )
 
-    def approvals(self, dag_id: str, run_id: str) -> list[Approval]:
-        """A DAG run's payout decisions, oldest first."""
+    def approvals(self, dag_id: str, run_id: str, run_generation: int | None = None) -> list[Approval]:
+        """A DAG run's payout decisions (of one generation, if given), oldest first."""
+        where, params = "dag_id = ? AND run_id = ?", [dag_id, run_id]
+        if run_generation is not None:
+            where += f" AND run_generation = {int(run_generation)}"
         with self._transaction(write=False) as cur:
             cur.execute(
-                "SELECT dag_id, run_id, task_id, decision, decided_by, decided_at, accounts, point_bonus, cash_bonus "
-                "FROM feishu_hire_approval WHERE dag_id = ? AND run_id = ? ORDER BY id",
-                (dag_id, run_id),
+                "SELECT dag_id, run_id, task_id, decision, decided_by, decided_at, accounts, point_bonus, cash_bonus, "
+                f"run_generation, triggered_by, payout_preview_id FROM feishu_hire_approval WHERE {where} ORDER BY id",
+                params,
             )
             found = cur.fetchall()
         return [
-            Approval(dag, run, task, decision, who, when, int(accounts), int(points), json.loads(cash))
-            for dag, run, task, decision, who, when, accounts, points, cash in found
-        ]
+            Approval(dag, run, task, decision, who, when, int(accounts), int(points), json.loads(cash),
+                     int(generation), triggered, None if preview is None else int(preview))
+            for dag, run, task, decision, who, when, accounts, points, cash, generation, triggered, preview in found
+        ]  # fmt: skip
 
     # -- internals ----------------------------------------------------------------------------
 

@@ -22,12 +22,15 @@ from airflow_provider_feishu_hire.balance import parse_account_assets
 from airflow_provider_feishu_hire.client import FeishuClient
 from airflow_provider_feishu_hire.exceptions import FeishuAPIError
 from airflow_provider_feishu_hire.ledger import (
+    NEEDS_APPROVAL,
     PAID,
     REJECTED,
     REVIEW,
     RUN_SCOPE,
     SENDING,
     SKIPPED,
+    UNSENT_STATUSES,
+    Approval,
     Intent,
     Ledger,
     NeedsReview,
@@ -70,7 +73,14 @@ class Outcome:
         return f"referral account {self.referral_account_id} {self.status}: {self.message}"
 
 
-def withdraw_account(client: FeishuClient, ledger: Ledger, intent: Intent, *, check_balance: bool = False) -> Outcome:
+def withdraw_account(
+    client: FeishuClient,
+    ledger: Ledger,
+    intent: Intent,
+    *,
+    check_balance: bool = False,
+    approval: Approval | None = None,
+) -> Outcome:
     """Withdraw one account exactly once, whatever earlier tries (here or on other workers) did.
 
     ``check_balance`` reads the balance first and records a skip when there is nothing
@@ -80,17 +90,25 @@ def withdraw_account(client: FeishuClient, ledger: Ledger, intent: Intent, *, ch
     run's payroll export names the account. Raises ``OrderIdConflict`` (a ``ValueError``)
     before sending when the order id belongs to another account, and ``Superseded`` when
     this try no longer holds its task's lease.
+
+    ``approval`` (the run's decision, when its DAG has an approval step) binds the amounts:
+    the balance is read first, and an account holding more points, or more of any
+    currency, than the approver was shown is not withdrawn (``needs_approval``, both
+    amounts named). What remains open is the moment between that read and Feishu's
+    withdrawal, which takes the whole balance: Feishu's API has no "withdraw at most".
     """
     if intent.run_generation > 1:
         _settle_deleted_runs_orders(client, ledger, intent)
-    return _withdraw(client, ledger, intent, check_balance=check_balance)
+    return _withdraw(client, ledger, intent, check_balance=check_balance, approval=approval)
 
 
-def _withdraw(client: FeishuClient, ledger: Ledger, intent: Intent, *, check_balance: bool) -> Outcome:
+def _withdraw(
+    client: FeishuClient, ledger: Ledger, intent: Intent, *, check_balance: bool, approval: Approval | None = None
+) -> Outcome:
     account_id, order_id = intent.referral_account_id, intent.external_order_id
-    if check_balance:
+    if check_balance or approval is not None:
         known = ledger.get(order_id)
-        if known is None or known.status in (SKIPPED, REJECTED):
+        if known is None or known.status in UNSENT_STATUSES:  # no send of it can have paid anything
             try:
                 assets = client.get_account_assets(account_id)
             except FeishuAPIError as err:
@@ -101,6 +119,9 @@ def _withdraw(client: FeishuClient, ledger: Ledger, intent: Intent, *, check_bal
             seen = _nothing_to_withdraw(assets, intent.withdraw_bonus_type)
             if seen is not None and ledger.skip(intent, f"nothing to withdraw at the balance check ({seen})"):
                 return Outcome(account_id, order_id, SKIPPED, message="nothing to withdraw")
+            held = None if approval is None else _beyond_approval(ledger, approval, account_id, assets)
+            if held is not None and ledger.hold(intent, held):
+                return Outcome(account_id, order_id, NEEDS_APPROVAL, message=held)
     try:
         claim = ledger.claim(intent)
     except NeedsReview as exc:
@@ -117,7 +138,7 @@ def _withdraw(client: FeishuClient, ledger: Ledger, intent: Intent, *, check_bal
             log_id=err.log_id,
             retryable=err.retryable,
             uncertain=err.uncertain,
-            reached=err.may_have_reached_feishu or err.uncertain,
+            reached=err.reached_endpoint,
         )
         if row.withdrawal is not None:  # another try of this order id recorded the payment meanwhile
             return Outcome(account_id, order_id, CARRIED_OVER, row.withdrawal)
@@ -182,6 +203,26 @@ def _warn_if_after_payroll(ledger: Ledger, intent: Intent) -> None:
         )
 
 
+def _beyond_approval(ledger: Ledger, approval: Approval, account_id: str, assets: dict[str, Any]) -> str | None:
+    """Why the balance is more than the approval covers, or None when it is within what was shown."""
+    try:
+        balance = parse_account_assets(account_id, assets)
+    except UnreadableAnswer as exc:
+        return f"its balance cannot be read exactly ({exc}), so it cannot be compared with the approval"
+    shown = None if approval.payout_preview_id is None else ledger.previewed(approval.payout_preview_id, account_id)
+    now = f"{balance.point_bonus} points, cash {format_cash(balance.cash_bonus) or 'none'}"
+    if shown is None:
+        return f"needs approval: the approval by {approval.decided_by} did not show this account; it holds {now}"
+    points, cash = shown
+    more_cash = any(amount > cash.get(currency, Decimal(0)) for currency, amount in balance.cash_bonus.items())
+    if balance.point_bonus <= points and not more_cash:
+        return None
+    return (
+        f"needs approval: it holds {now}, more than the {points} points, cash {format_cash(cash) or 'none'} "
+        f"approved by {approval.decided_by}; a new approval pays it"
+    )
+
+
 def _nothing_to_withdraw(assets: dict[str, Any], bonus_types: Sequence[int]) -> str | None:
     """The balance seen, when it clearly holds nothing of the chosen kinds; None (send) for anything unclear."""
     try:
@@ -212,6 +253,7 @@ class BatchSummary:
     carried_over: int = 0
     skipped: int = 0
     rejected: int = 0
+    needs_approval: int = 0
     open: int = 0
     review: int = 0
     point_bonus: int = 0
@@ -231,6 +273,7 @@ class BatchSummary:
             return
         self.open += outcome.status == SENDING
         self.rejected += outcome.status == REJECTED
+        self.needs_approval += outcome.status == NEEDS_APPROVAL
         self.review += outcome.status == REVIEW
         if len(self.problems) < MAX_PROBLEMS_IN_SUMMARY:
             self.problems.append(
@@ -251,6 +294,7 @@ class BatchSummary:
             "carried_over": self.carried_over,
             "skipped": self.skipped,
             "rejected": self.rejected,
+            "needs_approval": self.needs_approval,
             "open": self.open,
             "review": self.review,
             "point_bonus": self.point_bonus,
@@ -266,6 +310,7 @@ def withdraw_batch(
     *,
     intent_for: Callable[[str], Intent],
     check_balances: bool = False,
+    approval: Approval | None = None,
     max_workers: int = 4,
     lease_check_seconds: float = 2.0,
 ) -> BatchSummary:
@@ -310,7 +355,7 @@ def withdraw_batch(
             return None
         intent = intent_for(account_id)
         try:
-            return withdraw_account(client, ledger, intent, check_balance=check_balances)
+            return withdraw_account(client, ledger, intent, check_balance=check_balances, approval=approval)
         except Superseded as exc:  # found where the order is claimed, between two lease checks
             stop(str(exc))
             return None

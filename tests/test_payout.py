@@ -364,3 +364,28 @@ def test_an_orphaned_batch_stops_sending_once_its_retry_has_started(ledger: Ledg
         assert "superseded=try 2 of this task has started" in out
         assert retry.paid == 40 and retry.superseded == ""
         assert_paid_exactly_once(ledger, sandbox)
+
+
+@pytest.mark.parametrize("login", ["wrong secret", "token refused twice"])
+def test_a_failed_login_on_a_retry_after_an_unknown_send_leaves_it_for_the_next_try(ledger: Ledger, login: str) -> None:
+    """A try whose login is refused never reached the withdraw endpoint: no ``review``, and the next try pays once."""
+    (account,) = accounts(1, start=900)
+    with FeishuSandbox([account], rate_limits=False) as sandbox:
+        sandbox.inject("drop_after_commit")  # Feishu paid; the answer was lost; the worker died
+        with client_for(sandbox, retry=RetryPolicy(max_attempts=1)) as client:
+            assert withdraw_account(client, ledger, intent(account.account_id)).status == SENDING
+        if login == "wrong secret":
+            bad = FeishuClient(DEFAULT_APP_ID, "not-the-secret", sandbox.url, retry=FAST_RETRY)
+        else:
+            bad = client_for(sandbox, retry=RetryPolicy(max_attempts=1))
+            sandbox.inject("revoke_token", times=2)  # the gateway refuses the token, and the fresh one too
+        with bad:
+            second = withdraw_account(bad, ledger, intent(account.account_id, try_number=2))
+        assert second.status == SENDING
+        assert ledger.get(intent(account.account_id).external_order_id).status == SENDING  # type: ignore[union-attr]
+        sandbox.faults.clear()
+        with client_for(sandbox) as client:
+            third = withdraw_account(client, ledger, intent(account.account_id, try_number=3))
+        assert third.status == PAID
+        assert len(sandbox.state()["ledger"]) == 1
+        assert_paid_exactly_once(ledger, sandbox)

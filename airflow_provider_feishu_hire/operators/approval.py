@@ -15,12 +15,13 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOper
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_provider_feishu_hire.ledger import DEFAULT_LEDGER_CONN_ID
+from airflow_provider_feishu_hire.ledger import DEFAULT_LEDGER_CONN_ID, NOT_REQUIRED, NOTHING_TO_PAY
 from airflow_provider_feishu_hire.operators.referral_account import (
     FEISHU_BLUE,
     feishu_and_ledger,
     input_errors_fail_the_task,
     permanent_feishu_errors_fail_the_task,
+    task_try,
 )
 from airflow_provider_feishu_hire.withdrawal import (
     CASH,
@@ -31,9 +32,6 @@ from airflow_provider_feishu_hire.withdrawal import (
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-NOT_REQUIRED = "not required"
-NOTHING_TO_PAY = "nothing to pay"
 
 
 class ReferralPayoutPreviewOperator(BaseOperator):
@@ -74,12 +72,15 @@ class ReferralPayoutPreviewOperator(BaseOperator):
             account_ids = check_referral_account_ids(self.referral_account_ids)
             bonus_types = check_withdraw_bonus_type(self.withdraw_bonus_type)
         with (
-            feishu_and_ledger(self.feishu_hire_conn_id, self.ledger_conn_id) as (client, _),
+            feishu_and_ledger(self.feishu_hire_conn_id, self.ledger_conn_id) as (client, ledger),
             permanent_feishu_errors_fail_the_task(),
         ):
             preview = preview_payout(client, account_ids, bonus_types)
+            # What the approver is shown, per account, is what an approval binds: the withdrawals read it here.
+            shown = {b.referral_account_id: (b.point_bonus, b.cash_bonus) for b in preview.payable}
+            preview_id = ledger.record_preview(task_try(context, ledger), shown)
         self.log.info("%s", preview.nothing_to_pay() or preview.headline())
-        return preview.as_xcom()
+        return {**preview.as_xcom(), "payout_preview_id": preview_id}
 
 
 class ReferralPayoutApprovalOperator(ApprovalOperator):
@@ -161,6 +162,11 @@ class ReferralPayoutApprovalOperator(ApprovalOperator):
         when = _when(moment)
         if decision != self.APPROVE:
             raise AirflowFailException(f"Rejected by {who} at {when}: nothing paid")
+        if who == context["dag_run"].triggering_user_name:  # the withdrawals refuse it too, from the ledger
+            raise AirflowFailException(
+                f"Approved by {who} at {when}, who triggered this run: a second person must approve (clear this "
+                "task to ask again); nothing paid"
+            )
         self.log.info("Approved by %s at %s", who, when)
         return answer
 
@@ -171,20 +177,25 @@ class ReferralPayoutApprovalOperator(ApprovalOperator):
         from airflow_provider_feishu_hire.ledger import Approval
 
         moment = when if isinstance(when, datetime) else datetime.now(timezone.utc)
-        approval: Approval = Approval(
-            dag_id=context["ti"].dag_id,
-            run_id=context["run_id"],
-            task_id=context["ti"].task_id,
-            decision=decision,
-            decided_by=who,
-            decided_at=moment.astimezone(timezone.utc).isoformat(timespec="seconds"),
-            accounts=int(preview.get("payable", 0)),
-            point_bonus=int(preview.get("point_bonus", 0)),
-            cash_bonus=dict(preview.get("cash_bonus", {})),
-        )
         hook = FeishuHireLedgerHook(self.ledger_conn_id)
         try:
-            hook.ledger.record_approval(approval)
+            run = task_try(context, hook.ledger)
+            hook.ledger.record_approval(
+                Approval(
+                    dag_id=run.dag_id,
+                    run_id=run.run_id,
+                    task_id=run.task_id,
+                    decision=decision,
+                    decided_by=who,
+                    decided_at=moment.astimezone(timezone.utc).isoformat(timespec="seconds"),
+                    accounts=int(preview.get("payable", 0)),
+                    point_bonus=int(preview.get("point_bonus", 0)),
+                    cash_bonus=dict(preview.get("cash_bonus", {})),
+                    run_generation=run.run_generation,
+                    triggered_by=context["dag_run"].triggering_user_name,
+                    payout_preview_id=preview.get("payout_preview_id"),
+                )
+            )
         finally:
             hook.close()
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_feishu_hire.client import FeishuClient
-    from airflow_provider_feishu_hire.ledger import Intent, Ledger, TaskTry
+    from airflow_provider_feishu_hire.ledger import Approval, Intent, Ledger, TaskTry
 
 FEISHU_BLUE = "#3370ff"
 
@@ -150,7 +150,7 @@ class ReferralWithdrawOperator(BaseOperator):
         return super().partial(**kwargs)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_provider_feishu_hire.ledger import SENDING
+        from airflow_provider_feishu_hire.ledger import SENDING, SKIPPED
         from airflow_provider_feishu_hire.payout import withdraw_account
 
         with input_errors_fail_the_task():
@@ -165,7 +165,13 @@ class ReferralWithdrawOperator(BaseOperator):
             lease = ledger.take_lease(task)
             if not lease.held:
                 raise AirflowFailException(lease.describe(task))
-            outcome = withdraw_account(client, ledger, _intent(task, client.app_id, account_id, bonus_types, order_id))
+            approval = run_approval(self, ledger, task)
+            outcome = withdraw_account(
+                client, ledger, _intent(task, client.app_id, account_id, bonus_types, order_id), approval=approval
+            )
+        if outcome.status == SKIPPED:  # read before withdrawing (an approval binds the amounts): nothing there
+            self.log.info("Nothing to withdraw from referral account %s", account_id)
+            return {"referral_account_id": account_id, "external_order_id": outcome.external_order_id}
         if outcome.withdrawal is None:
             if outcome.status == SENDING:  # Feishu may have committed: the retry sends the same order id
                 raise RuntimeError(f"{outcome.describe()}; a retry resends the same order id")
@@ -249,6 +255,7 @@ class ReferralBatchWithdrawOperator(BaseOperator):
         ) as (client, ledger):
             with input_errors_fail_the_task():
                 task = task_try(context, ledger)
+            approval = run_approval(self, ledger, task)
             summary = withdraw_batch(
                 client,
                 ledger,
@@ -257,6 +264,7 @@ class ReferralBatchWithdrawOperator(BaseOperator):
                     task, client.app_id, account_id, bonus_types, order_ids.get(account_id)
                 ),
                 check_balances=self.check_balances,
+                approval=approval,
                 max_workers=self.max_workers,
             )
         result = summary.as_xcom()
@@ -274,7 +282,7 @@ class ReferralBatchWithdrawOperator(BaseOperator):
                 f"This try stopped sending: {summary.superseded}. It paid "
                 f"{plural(summary.paid, 'referral account')}; all are in the ledger"
             )
-        unsettled = summary.open + summary.rejected + summary.review
+        unsettled = summary.open + summary.rejected + summary.review + summary.needs_approval
         if not unsettled:
             return result
         first = summary.problems[0]
@@ -286,7 +294,8 @@ class ReferralBatchWithdrawOperator(BaseOperator):
             # A retry carries over what was paid and re-sends the rest with the same order ids.
             raise RuntimeError(f"{head}. {plural(summary.open, 'referral account')} may succeed on a retry")
         raise AirflowFailException(
-            f"{head}. Retrying cannot help: {summary.rejected} refused, {summary.review} to review"
+            f"{head}. Retrying cannot help: {summary.rejected} refused, {summary.review} to review, "
+            f"{summary.needs_approval} needing a new approval"
         )
 
 
@@ -313,6 +322,43 @@ def task_try(context: Context, ledger: Ledger) -> TaskTry:
         ti_id=str(ti.id),
         run_generation=generation,
     )
+
+
+def run_approval(task: BaseOperator, ledger: Ledger, run: TaskTry) -> Approval | None:
+    """The decision this run's withdrawals must obey, read from the ledger, or None when none is asked for.
+
+    A DAG with a payout approval step (``ReferralPayoutApprovalOperator``, wherever it is
+    wired) sends nothing without an approval of this very run in the ledger: not when its
+    tasks are cleared after a rejection, not under ``trigger_rule="all_done"``, not when the
+    approval step is not upstream at all. A rejection, no decision, or an approval given by
+    the user who triggered the run fails the task before anything is sent. "not required"
+    (the run turned approval off, recorded with who triggered it) lets it through.
+    """
+    from airflow_provider_feishu_hire.ledger import APPROVE, NOT_REQUIRED, NOTHING_TO_PAY
+    from airflow_provider_feishu_hire.operators.approval import ReferralPayoutApprovalOperator
+
+    dag = task.get_dag()
+    if dag is None or not any(isinstance(t, ReferralPayoutApprovalOperator) for t in dag.tasks):
+        return None
+    decisions = ledger.approvals(run.dag_id, run.run_id, run.run_generation)
+    if not decisions:
+        raise AirflowFailException(
+            f"DAG {run.dag_id} asks for a payout approval and the ledger holds none for run {run.run_id}: "
+            "nothing sent. Let the approval step decide first"
+        )
+    last = decisions[-1]
+    if last.decision == NOTHING_TO_PAY:
+        raise AirflowFailException(f"The preview of run {run.run_id} found nothing to pay: nothing sent")
+    if last.decision == NOT_REQUIRED:
+        task.log.info("Approval was turned off for this run (triggered by %s)", last.triggered_by or "unknown")
+        return None
+    if last.decision != APPROVE:
+        raise AirflowFailException(f"Rejected by {last.decided_by} at {last.decided_at}: nothing paid")
+    if last.triggered_by is not None and last.decided_by == last.triggered_by:
+        raise AirflowFailException(
+            f"Approved by {last.decided_by}, who triggered the run: a second person must approve; nothing paid"
+        )
+    return last
 
 
 def _intent(task: TaskTry, app_id: str, account_id: str, bonus_types: Sequence[int], order_id: str | None) -> Intent:

@@ -1,0 +1,98 @@
+"""An approval binds the amounts it showed: checked by the withdrawal itself, against the ledger, over HTTP.
+
+The approver was shown each account's points and cash per currency (the preview, kept in
+the ledger). At withdrawal the balance is read again: an account holding more, in points
+or in any currency, or one the approver was never shown, is not withdrawn; it is recorded
+as ``needs_approval`` with both amounts, named by the run's export, and paid after a new
+approval. On SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+
+import pytest
+
+from airflow_provider_feishu_hire.client import FeishuClient
+from airflow_provider_feishu_hire.ledger import APPROVE, NEEDS_APPROVAL, PAID, Approval, Intent, Ledger, TaskTry
+from airflow_provider_feishu_hire.payout import withdraw_account, withdraw_batch
+from airflow_provider_feishu_hire.payroll import completeness
+from airflow_provider_feishu_hire.sandbox import DEFAULT_APP_ID, DEFAULT_APP_SECRET, Account, FeishuSandbox
+from airflow_provider_feishu_hire.withdrawal import derive_external_order_id
+from tests.conftest import FAST_RETRY, assert_paid_exactly_once
+
+A, B, C = "7800000000000000001", "7800000000000000002", "7800000000000000003"
+RUN = TaskTry("payroll", "manual__2026-12-03", "withdraw", -1, 1, "ti-1", 1)
+
+
+def intent(account: str, try_number: int = 1) -> Intent:
+    order = derive_external_order_id(
+        dag_id=RUN.dag_id, run_id=RUN.run_id, task_id=RUN.task_id, referral_account_id=account
+    )
+    return Intent(order, account, (1, 2), DEFAULT_APP_ID, RUN.dag_id, RUN.run_id, RUN.task_id, -1, try_number)
+
+
+def approve(ledger: Ledger, shown: dict[str, tuple[int, dict[str, Decimal]]], who: str = "bob") -> Approval:
+    preview = ledger.record_preview(TaskTry(RUN.dag_id, RUN.run_id, "preview_payout"), shown)
+    approval = Approval(RUN.dag_id, RUN.run_id, "approve_payout", APPROVE, who, "2026-12-03T09:00:00+00:00",
+                        len(shown), 0, {}, 1, "alice", preview)  # fmt: skip
+    ledger.record_approval(approval)
+    return approval
+
+
+@pytest.fixture
+def sandbox() -> Iterator[FeishuSandbox]:
+    accounts = [Account(A, 10, {"CNY": Decimal("5.00")}), Account(B, 3, {"CNY": Decimal("1.00")}), Account(C)]
+    with FeishuSandbox(accounts, rate_limits=False) as running:
+        yield running
+
+
+@pytest.fixture
+def client(sandbox: FeishuSandbox) -> Iterator[FeishuClient]:
+    with FeishuClient(DEFAULT_APP_ID, DEFAULT_APP_SECRET, sandbox.url, retry=FAST_RETRY) as made:
+        yield made
+
+
+def test_an_account_credited_after_the_preview_is_held_named_and_paid_after_a_new_approval(
+    ledger: Ledger, sandbox: FeishuSandbox, client: FeishuClient
+) -> None:
+    approval = approve(ledger, {A: (10, {"CNY": Decimal("5.00")}), B: (3, {"CNY": Decimal("1.00")})})
+    sandbox.credit(B, point_bonus=0, cash_bonus={"CNY": "0.50"})  # B now holds 3 points and 1.50 CNY
+    sandbox.credit(C, point_bonus=1)  # C was empty at preview: never shown
+    summary = withdraw_batch(client, ledger, [A, B, C], intent_for=intent, approval=approval)
+    assert (summary.paid, summary.needs_approval) == (1, 2)
+    assert [e["referral_account_id"] for e in sandbox.state()["ledger"]] == [A]  # only what was approved
+    held = ledger.get(intent(B).external_order_id)
+    assert held is not None and held.status == NEEDS_APPROVAL and held.sends == 0
+    assert "1.50 CNY" in (held.error_msg or "") and "1.00 CNY" in (held.error_msg or "")  # both amounts
+    assert "did not show this account" in (ledger.get(intent(C).external_order_id).error_msg or "")  # type: ignore[union-attr]
+    named = completeness(ledger.rows(dag_id=RUN.dag_id, run_id=RUN.run_id)).not_paid
+    assert set(named) == {B, C}
+
+    again = approve(ledger, {B: (3, {"CNY": Decimal("1.50")}), C: (1, {})})
+    summary = withdraw_batch(client, ledger, [A, B, C], intent_for=lambda a: intent(a, 2), approval=again)
+    assert (summary.paid, summary.needs_approval) == (3, 0)
+    assert {row.status for row in ledger.rows(dag_id=RUN.dag_id)} == {PAID}
+    assert_paid_exactly_once(ledger, sandbox)
+
+
+def test_more_points_alone_or_a_new_currency_alone_is_more_than_approved(
+    ledger: Ledger, sandbox: FeishuSandbox, client: FeishuClient
+) -> None:
+    approval = approve(ledger, {A: (10, {"CNY": Decimal("5.00")}), B: (3, {"CNY": Decimal("1.00")})})
+    sandbox.credit(A, point_bonus=1)
+    sandbox.credit(B, cash_bonus={"USD": "0.01"})
+    for account in (A, B):
+        assert withdraw_account(client, ledger, intent(account), approval=approval).status == NEEDS_APPROVAL
+    assert sandbox.state()["ledger"] == []  # nothing sent
+
+
+def test_an_account_within_its_approval_is_paid_and_an_emptied_one_skipped(
+    ledger: Ledger, sandbox: FeishuSandbox, client: FeishuClient
+) -> None:
+    approval = approve(ledger, {A: (10, {"CNY": Decimal("5.00")}), C: (0, {})})
+    outcome = withdraw_account(client, ledger, intent(A), approval=approval)
+    assert outcome.status == PAID and outcome.withdrawal and outcome.withdrawal.point_bonus == 10
+    assert withdraw_account(client, ledger, intent(C), approval=approval).status == "skipped"
+    assert_paid_exactly_once(ledger, sandbox)
