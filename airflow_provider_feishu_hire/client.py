@@ -333,6 +333,16 @@ class FeishuClient:
     def __repr__(self) -> str:
         return f"FeishuClient(app_id={self.app_id!r}, base_url={self.base_url!r})"
 
+    @property
+    def tenant_app_id(self) -> str:
+        """The app as the ledger keys its records: one store app serves many customer tenants, each its own
+        company, so a store app is ``<app_id>@<tenant_key>``; a custom app lives in one tenant: its ``app_id``.
+
+        Registrations, reconciliations, order ids and payroll scopes are kept apart by it: one
+        tenant's records never answer for another's.
+        """
+        return self.app_id if self.tenant_key is None else f"{self.app_id}@{self.tenant_key}"
+
     def close(self) -> None:
         self._session.close()
 

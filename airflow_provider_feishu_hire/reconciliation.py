@@ -45,7 +45,7 @@ def reconcile(client: FeishuClient, ledger: Ledger, start_trans_time: int, end_t
     """
     if start_trans_time >= end_trans_time:
         raise ValueError(f"start_trans_time {start_trans_time} is not before end_trans_time {end_trans_time}")
-    app_id = client.app_id
+    app_id = client.tenant_app_id  # one tenant's payments: a store app serves many companies
     start = _quiet_millisecond(ledger, app_id, start_trans_time - 1, -1)
     end = _quiet_millisecond(ledger, app_id, end_trans_time - 1, +1)
     totals = ledger.point_totals(app_id, start, end)

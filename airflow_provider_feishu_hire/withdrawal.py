@@ -121,7 +121,13 @@ _ORDER_ID_SPAN = 2**63 - _ORDER_ID_LOW
 
 
 def derive_external_order_id(
-    *, dag_id: str, run_id: str, task_id: str, referral_account_id: str, run_generation: int = 1
+    *,
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    referral_account_id: str,
+    run_generation: int = 1,
+    tenant_key: str | None = None,
 ) -> str:
     """The idempotency key of one task's withdrawal of one account in one DAG run.
 
@@ -130,10 +136,15 @@ def derive_external_order_id(
     of paying (or emptying) anew, and an account listed twice is withdrawn once. Any other
     DAG, run, task or account gets another key, and so does a run deleted and created
     again under the same ``run_id`` (its ``run_generation``, counted by the ledger): it
-    must pay the balance of its own time, not replay the deleted run's withdrawals.
+    must pay the balance of its own time, not replay the deleted run's withdrawals. A store
+    app's ``tenant_key`` keeps two customer companies' withdrawals apart.
     """
     parts = [dag_id, run_id, task_id, referral_account_id]
-    material = "\x1f".join(parts if run_generation == 1 else [*parts, f"generation {run_generation}"])
+    if run_generation != 1:
+        parts.append(f"generation {run_generation}")
+    if tenant_key is not None:
+        parts.append(f"tenant {tenant_key}")
+    material = "\x1f".join(parts)
     digest = int.from_bytes(hashlib.sha256(material.encode()).digest()[:16], "big")
     return str(_ORDER_ID_LOW + digest % _ORDER_ID_SPAN)
 

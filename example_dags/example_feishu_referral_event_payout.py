@@ -3,8 +3,10 @@
 The asset ``feishu_referral_balances`` is watched by a trigger holding Feishu's event long
 connection (no public endpoint needed). Every ``hire.referral_account.assets_update_v1``
 event becomes an asset event, and this DAG runs on them: several events queued before a
-run starts reach it together, one withdrawal per account. An account whose latest event
-shows an empty balance (typically the event that our own withdrawal raised) is skipped.
+run starts reach it together, one withdrawal per account. An event only names the account:
+its balance is read from Feishu before anything is decided, so an empty one (typically the
+event our own withdrawal raised) is skipped without sending. Asset events the trigger did
+not store (posted through the REST API, or marked by another DAG) are ignored.
 
 Why a re-delivered event is harmless: the order id of a withdrawal is derived from the
 account and the balance it withdraws with its ``modify_time``, not from the DAG run. Feishu
@@ -64,7 +66,7 @@ REFERRAL_BALANCES = Asset(
 def example_feishu_referral_event_payout() -> None:
     @task(inlets=[REFERRAL_BALANCES], multiple_outputs=True)
     def changed_balances(**context: Any) -> dict[str, Any]:
-        """The accounts whose latest event shows a balance, each with the order id of that balance."""
+        """The accounts the trigger's events name, each with the order id of its latest event's balance."""
         import logging
 
         from airflow_provider_feishu_hire.events import BadEvent, ReferralAssetsUpdate, latest_updates
@@ -79,13 +81,20 @@ def example_feishu_referral_event_payout() -> None:
             events += context["inlet_events"][REFERRAL_BALANCES].after(newest.isoformat())
         updates = []
         for event in events:
-            if not (event.extra or {}).get("from_trigger"):
-                continue  # marked by hand or by another DAG: no balance in it
+            extra = event.extra or {}
+            # Only what our trigger stored: Airflow's triggerer marks those from_trigger; Airflow adds
+            # from_rest_api to every event posted through its REST API (it cannot be left out), and a
+            # task's outlet event names its DAG. Anything else could be forged by whoever may post events.
+            if not extra.get("from_trigger") or extra.get("from_rest_api") or event.source_dag_id:
+                logging.getLogger(__name__).warning("Ignored an asset event not stored by the trigger: %s", extra)
+                continue
             try:
                 updates.append(ReferralAssetsUpdate.from_payload((event.extra or {}).get("payload")))
             except BadEvent as exc:  # one unreadable event must not hold back everyone else's payout
                 logging.getLogger(__name__).error("Skipped the asset event of %s: %s", event.timestamp, exc)
         latest = latest_updates(updates)
+        # An event only says which account to look at: the withdrawal reads the balance from Feishu and
+        # decides there (an empty one is skipped, nothing sent), whatever amounts the event carried.
         orders = {
             # The balance and its modify_time stand in for the run: a repeat of the event maps to this order id.
             u.referral_account_id: derive_external_order_id(
@@ -95,11 +104,8 @@ def example_feishu_referral_event_payout() -> None:
                 referral_account_id=u.referral_account_id,
             )
             for u in latest
-            if not u.is_empty
         }
-        logging.getLogger(__name__).info(
-            "%d balance events, %d accounts, %d with a balance to withdraw", len(updates), len(latest), len(orders)
-        )
+        logging.getLogger(__name__).info("%d balance events, %d accounts to look at", len(updates), len(orders))
         return {"referral_account_ids": list(orders), "external_order_ids": orders}
 
     changed = changed_balances()

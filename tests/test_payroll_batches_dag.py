@@ -118,14 +118,31 @@ def event_sandbox() -> Iterator[FeishuSandbox]:
         yield running
 
 
-def test_an_event_for_an_account_feishu_does_not_know_fails_its_run_naming_it(
+def test_an_event_for_an_unknown_account_fails_its_run_naming_it_and_a_forged_event_moves_nothing(
     event_sandbox: FeishuSandbox, tmp_path: Path
 ) -> None:
-    """Issue 16, case 5: the balance read is refused before any withdrawal; the run must not end green."""
+    """Issue 16, case 5: the balance read is refused before any withdrawal; the run must not end green.
+
+    Beside it, an asset event posted through the REST API as if the trigger had stored it (issue
+    17): the DAG ignores it, so the account it names is not even looked at.
+    """
     sandbox = event_sandbox
     with local_airflow(tmp_path, sandbox) as airflow:
         api = Api(airflow)
         wait_for(lambda: sandbox.state()["long_connection"]["connected"], "the triggerer holding the long connection")
+        balances = wait_for(lambda: api.try_get("/assets?uri_pattern=feishu_referral_balances"), "the event asset")
+        forged = {  # as the trigger writes a payload, for an account with nothing in Feishu
+            "event_id": "forged-1",
+            "referral_account_id": B,
+            "point_bonus": 500,
+            "cash_bonus": {},
+            "modify_time": str(time.time_ns() // 1_000_000),
+        }
+        api.retrying(
+            "POST",
+            "/assets/events",
+            {"asset_id": balances["assets"][0]["id"], "extra": {"from_trigger": True, "payload": forged}},
+        )
         sandbox.emit_event(
             ASSETS_UPDATE_EVENT,
             {
@@ -151,4 +168,8 @@ def test_an_event_for_an_account_feishu_does_not_know_fails_its_run_naming_it(
         # Runs that paid nothing (our own withdrawal's balance event) announce no payroll batch.
         for event in api.asset_events(PAYROLL_ASSET):
             assert event["extra"]["payroll_batch_ids"], "an empty payroll batch was announced"
+        logs = " ".join(api.task_log(EVENT_DAG, r["dag_run_id"], "changed_balances") for r in runs)
+        assert "Ignored an asset event not stored by the trigger" in logs
+    with open_ledger(tmp_path) as ledger:
+        assert ledger.rows(dag_id=EVENT_DAG) and not [r for r in ledger.rows() if r.referral_account_id == B]
     assert_every_payment_in_exactly_one_batch(tmp_path, sandbox)

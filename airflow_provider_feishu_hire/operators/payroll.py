@@ -223,13 +223,13 @@ class ReferralPayrollOperator(BaseOperator):
         return {"csv": str(path) if path else None, **totals}
 
     def _app_id(self) -> str:
-        from airflow.sdk import BaseHook
+        """The connection's app as the ledger keys it (a store app's tenant included)."""
+        from airflow_provider_feishu_hire.hooks.feishu_hire import FeishuHireHook
 
         with input_errors_fail_the_task():
-            login = BaseHook.get_connection(self.feishu_hire_conn_id).login
-            if not login:
-                raise ValueError(f"connection {self.feishu_hire_conn_id} has no App ID (login)")
-        return str(login)
+            client = FeishuHireHook(feishu_hire_conn_id=self.feishu_hire_conn_id).client
+        client.close()
+        return client.tenant_app_id
 
 
 def _batch_names(batches: Sequence[PayrollBatch]) -> str:

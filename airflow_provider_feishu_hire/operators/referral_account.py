@@ -167,7 +167,10 @@ class ReferralWithdrawOperator(BaseOperator):
                 raise AirflowFailException(lease.describe(task))
             approval = run_approval(self, ledger, task)
             outcome = withdraw_account(
-                client, ledger, _intent(task, client.app_id, account_id, bonus_types, order_id), approval=approval
+                client,
+                ledger,
+                _intent(task, client, account_id, bonus_types, order_id),
+                approval=approval,
             )
         if outcome.status == SKIPPED:  # read before withdrawing (an approval binds the amounts): nothing there
             self.log.info("Nothing to withdraw from referral account %s", account_id)
@@ -260,9 +263,7 @@ class ReferralBatchWithdrawOperator(BaseOperator):
                 client,
                 ledger,
                 account_ids,
-                intent_for=lambda account_id: _intent(
-                    task, client.app_id, account_id, bonus_types, order_ids.get(account_id)
-                ),
+                intent_for=lambda account_id: _intent(task, client, account_id, bonus_types, order_ids.get(account_id)),
                 check_balances=self.check_balances,
                 approval=approval,
                 max_workers=self.max_workers,
@@ -361,7 +362,9 @@ def run_approval(task: BaseOperator, ledger: Ledger, run: TaskTry) -> Approval |
     return last
 
 
-def _intent(task: TaskTry, app_id: str, account_id: str, bonus_types: Sequence[int], order_id: str | None) -> Intent:
+def _intent(
+    task: TaskTry, client: FeishuClient, account_id: str, bonus_types: Sequence[int], order_id: str | None
+) -> Intent:
     from airflow_provider_feishu_hire.ledger import Intent
 
     return Intent(
@@ -372,10 +375,11 @@ def _intent(task: TaskTry, app_id: str, account_id: str, bonus_types: Sequence[i
             task_id=task.task_id,
             referral_account_id=account_id,
             run_generation=task.run_generation,
+            tenant_key=client.tenant_key,
         ),
         referral_account_id=account_id,
         withdraw_bonus_type=tuple(bonus_types),
-        app_id=app_id,
+        app_id=client.tenant_app_id,
         dag_id=task.dag_id,
         run_id=task.run_id,
         task_id=task.task_id,
@@ -449,7 +453,7 @@ class ReferralAccountRegisterOperator(BaseOperator):
                 str(body["email"]).lower() if "email" in body else "mobile +{code} {number}".format(**body["mobile"])
             )
         with feishu_and_ledger(self.feishu_hire_conn_id, self.ledger_conn_id) as (client, ledger):
-            known = ledger.registered_account(client.app_id, referrer)
+            known = ledger.registered_account(client.tenant_app_id, referrer)
             if known is not None:
                 self.log.info("Referral account %s of %s: registered before, taken from the ledger", known, referrer)
                 return {"referral_account_id": known, "referrer": referrer, "registered_now": False}
@@ -470,7 +474,7 @@ class ReferralAccountRegisterOperator(BaseOperator):
                     ) from None
                 raise AirflowFailException(str(exc)) from None
             account_id = str(account["account_id"])
-            ledger.record_registration(client.app_id, referrer, account_id)
+            ledger.record_registration(client.tenant_app_id, referrer, account_id)
         self.log.info("Registered referral account %s of %s", account_id, referrer)
         return {"referral_account_id": account_id, "referrer": referrer, "registered_now": True}
 
