@@ -177,6 +177,20 @@ _DDL = (
         accounts INTEGER NOT NULL,
         point_bonus BIGINT NOT NULL,
         cash_bonus TEXT NOT NULL)""",
+    # How a person settled an order the automation could not (review, or sending long after any send could
+    # still answer): proposed with evidence by one person, confirmed by another, then applied. Kept for ever.
+    """CREATE TABLE IF NOT EXISTS feishu_hire_settlement (
+        id {serial},
+        external_order_id TEXT NOT NULL REFERENCES feishu_hire_withdrawal (external_order_id),
+        paid INTEGER NOT NULL,
+        trans_time BIGINT,
+        point_bonus BIGINT,
+        cash_bonus TEXT,
+        evidence TEXT NOT NULL,
+        proposed_by TEXT NOT NULL,
+        proposed_at TEXT NOT NULL,
+        confirmed_by TEXT,
+        confirmed_at TEXT)""",
     # What a payout's approver is shown: every account's balance at preview time, which an approval binds.
     """CREATE TABLE IF NOT EXISTS feishu_hire_payout_preview (
         id {serial},
@@ -285,6 +299,23 @@ class Approval:
     run_generation: int = 1
     triggered_by: str | None = None  # who triggered the run (Airflow's triggering_user_name): never the approver
     payout_preview_id: int | None = None  # the per-account amounts the approver was shown
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """A person's account of what became of an order: paid (with Feishu's amounts and time) or not paid."""
+
+    id: int
+    external_order_id: str
+    paid: bool
+    trans_time: int | None
+    point_bonus: int | None
+    cash_bonus: dict[str, Decimal]
+    evidence: str
+    proposed_by: str
+    proposed_at: str
+    confirmed_by: str | None = None
+    confirmed_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -881,6 +912,150 @@ class Ledger:
                 (REVIEW, raw_answer, msg, now, claim.intent.external_order_id, PAID, REVIEW),
             )
             self._finish_attempt(cur, claim, REVIEW, now, msg=msg)
+
+    # -- a person settles what automation cannot -------------------------------------------------
+
+    def propose_settlement(
+        self,
+        external_order_id: str,
+        *,
+        paid: bool,
+        evidence: str,
+        proposed_by: str,
+        trans_time: int | None = None,
+        point_bonus: int | None = None,
+        cash_bonus: Mapping[str, Decimal] | None = None,
+    ) -> Settlement:
+        """Record one person's account of an order in ``review`` (or ``sending`` with no send still able to
+        answer); nothing changes until a second person confirms it. Returns the proposal."""
+        if not evidence.strip():
+            raise LedgerError(
+                "evidence is empty: say what shows the outcome (Feishu's record, a log_id, a reconciliation)"
+            )
+        if not proposed_by.strip():
+            raise LedgerError("proposed_by is empty: a settlement names the person who made it")
+        if paid and (trans_time is None or point_bonus is None or point_bonus < 0):
+            raise LedgerError("a settlement as paid needs Feishu's trans_time and the points paid (0 or more)")
+        if paid and any(amount < 0 for amount in (cash_bonus or {}).values()):
+            raise LedgerError("cash_bonus amounts cannot be negative")
+        now = _now()
+        with self._transaction() as cur:
+            row = self._settleable(cur, external_order_id)
+            cur.execute(
+                "INSERT INTO feishu_hire_settlement (external_order_id, paid, trans_time, point_bonus, cash_bonus, "
+                "evidence, proposed_by, proposed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (
+                    row.external_order_id,
+                    int(paid),
+                    trans_time if paid else None,
+                    point_bonus if paid else None,
+                    _cash_json(cash_bonus or {}) if paid else None,
+                    evidence.strip(),
+                    proposed_by.strip(),
+                    now,
+                ),
+            )
+            (settlement_id,) = cur.fetchone()
+            return self._settlements(cur, "id = ?", [settlement_id])[0]
+
+    def confirm_settlement(self, settlement_id: int, confirmed_by: str) -> LedgerRow:
+        """A second person confirms a proposal: the order becomes ``paid`` (then the next payroll batch of its
+        scope claims it) or ``rejected``, in the same transaction. Returns the row as it is left."""
+        now = _now()
+        with self._transaction() as cur:
+            found = self._settlements(cur, "id = ?", [settlement_id])
+            if not found:
+                raise LedgerError(f"no settlement {settlement_id}")
+            proposal = found[0]
+            if proposal.confirmed_by is not None:
+                raise LedgerError(f"settlement {settlement_id} was confirmed by {proposal.confirmed_by} already")
+            if confirmed_by.strip() == proposal.proposed_by:
+                raise LedgerError(
+                    f"settlement {settlement_id} was proposed by {proposal.proposed_by}: another person must confirm it"
+                )
+            row = self._settleable(cur, proposal.external_order_id)
+            cur.execute(
+                "UPDATE feishu_hire_settlement SET confirmed_by = ?, confirmed_at = ? WHERE id = ?",
+                (confirmed_by.strip(), now, settlement_id),
+            )
+            by = f"settled by {proposal.proposed_by} and {confirmed_by.strip()} (settlement {settlement_id})"
+            if proposal.paid:
+                cur.execute(
+                    "UPDATE feishu_hire_withdrawal SET status = ?, trans_time = ?, point_bonus = ?, error_msg = ?, "
+                    "updated_at = ? WHERE external_order_id = ?",
+                    (PAID, proposal.trans_time, proposal.point_bonus, by, now, row.external_order_id),
+                )
+                for currency, amount in proposal.cash_bonus.items():
+                    cur.execute(
+                        "INSERT INTO feishu_hire_withdrawal_cash (external_order_id, currency_type, amount) "
+                        "VALUES (?, ?, ?)",
+                        (row.external_order_id, currency, self._money(amount)),
+                    )
+            else:
+                cur.execute(
+                    "UPDATE feishu_hire_withdrawal SET status = ?, error_msg = ?, updated_at = ? "
+                    "WHERE external_order_id = ?",
+                    (REJECTED, f"not paid: {by}", now, row.external_order_id),
+                )
+            return self._row(cur, row.external_order_id)
+
+    def settlements(self, external_order_id: str | None = None) -> list[Settlement]:
+        """Every settlement (of one order, if given), oldest first, confirmed or not."""
+        where, params = ("external_order_id = ?", [external_order_id]) if external_order_id else ("1 = 1", [])
+        with self._transaction(write=False) as cur:
+            return self._settlements(cur, where, params)
+
+    def attempts(self, external_order_id: str) -> list[dict[str, Any]]:
+        """Every send of an order, oldest first: who sent it (DAG, run, task, try), when, and what came back."""
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                "SELECT dag_id, run_id, task_id, map_index, try_number, run_generation, started_at, finished_at, "
+                "outcome, error_code, error_msg, log_id FROM feishu_hire_withdrawal_attempt "
+                "WHERE external_order_id = ? ORDER BY id",
+                (external_order_id,),
+            )
+            names = ("dag_id", "run_id", "task_id", "map_index", "try_number", "run_generation", "started_at",
+                     "finished_at", "outcome", "error_code", "error_msg", "log_id")  # fmt: skip
+            return [dict(zip(names, values, strict=True)) for values in cur.fetchall()]
+
+    def _settleable(self, cur: _Cursor, external_order_id: str) -> LedgerRow:
+        """The order, locked, if a person may settle it: in review, or sending with no send still able to answer."""
+        cur.execute("SELECT count(*) FROM feishu_hire_withdrawal WHERE external_order_id = ?", (external_order_id,))
+        if not cur.fetchone()[0]:
+            raise LedgerError(f"the ledger holds no order {external_order_id}")
+        row = self._row(cur, external_order_id, lock=True)
+        if row.status == SENDING:
+            cur.execute(
+                "SELECT max(started_at) FROM feishu_hire_withdrawal_attempt WHERE external_order_id = ?",
+                (external_order_id,),
+            )
+            (latest,) = cur.fetchone()
+            recent = (datetime.now(timezone.utc) - timedelta(seconds=self.in_flight_seconds)).isoformat(
+                timespec="milliseconds"
+            )
+            if latest is not None and latest >= recent:
+                raise LedgerError(
+                    f"order {external_order_id} was sent at {latest}: its answer may still come; settle it after "
+                    f"{self.in_flight_seconds:g} seconds, or let a retry send it again"
+                )
+        elif row.status != REVIEW:
+            raise LedgerError(
+                f"order {external_order_id} is {row.status}: only review or stuck sending orders are settled"
+            )
+        return row
+
+    def _settlements(self, cur: _Cursor, where: str, params: Sequence[Any]) -> list[Settlement]:
+        cur.execute(
+            "SELECT id, external_order_id, paid, trans_time, point_bonus, cash_bonus, evidence, proposed_by, "
+            f"proposed_at, confirmed_by, confirmed_at FROM feishu_hire_settlement WHERE {where} ORDER BY id",
+            params,
+        )
+        return [
+            Settlement(int(sid), order, bool(paid), None if when is None else int(when),
+                       None if points is None else int(points),
+                       {c: Decimal(a) for c, a in json.loads(cash or "{}").items()}, evidence, by, at, conf_by, conf_at)
+            for sid, order, paid, when, points, cash, evidence, by, at, conf_by, conf_at in cur.fetchall()
+        ]  # fmt: skip
 
     # -- which try of a task is the live one ---------------------------------------------------
 
