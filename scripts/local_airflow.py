@@ -28,6 +28,8 @@ from cryptography.fernet import Fernet
 ROOT = Path(__file__).resolve().parent.parent
 APP_ID = "cli_sandbox_app"
 APP_SECRET = "sandbox-app-secret-not-for-production"
+ADMIN = "admin"  # triggers runs, manages connections
+APPROVER = "approver"  # Airflow's "user" role: may answer a run's approval, not change connections
 
 
 def free_port() -> int:
@@ -66,7 +68,8 @@ class LocalAirflow:
                 "dags_are_paused_at_creation": "False",
                 "test_connection": "Enabled",
                 "parallelism": "4",  # LocalExecutor starts one process per slot
-                "simple_auth_manager_users": "admin:admin",
+                # A payout needs two people: whoever triggers a run cannot approve it.
+                "simple_auth_manager_users": f"{ADMIN}:admin,{APPROVER}:user",
             },
             "api": {"host": host, "port": str(port), "base_url": self.url},
         }
@@ -161,8 +164,16 @@ class LocalAirflow:
 
     @property
     def login(self) -> tuple[str, str]:
+        return ADMIN, self.password(ADMIN)
+
+    @property
+    def approver(self) -> tuple[str, str]:
+        return APPROVER, self.password(APPROVER)
+
+    def password(self, user: str) -> str:
+        """The password Airflow's simple auth manager generated for ``user`` on first start."""
         passwords = json.loads((self.home / "simple_auth_manager_passwords.json.generated").read_text())
-        return "admin", passwords["admin"]
+        return str(passwords[user])
 
     def stop(self) -> None:
         if self._airflow:
@@ -209,14 +220,15 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         local.start(log=ROOT / ".airflow" / "standalone.log")
-        user, password = local.login
+        (user, password), (approver, approver_password) = local.login, local.approver
         reach = (
             "Only this machine can reach it; AIRFLOW_HOST=0.0.0.0 make airflow opens it to the network."
             if local.host == "127.0.0.1"
             else f"It listens on {local.host}: other machines can reach it (and its login)."
         )
         print(
-            f"\nAirflow is up: {local.url}  (login: {user} / {password})\n"
+            f"\nAirflow is up: {local.url}  (login: {user} / {password}; to approve a payout someone else "
+            f"triggered: {approver} / {approver_password})\n"
             f"{reach}\n"
             f"Feishu sandbox: {local.sandbox_url}  (feishu_hire_default points at it)\n"
             f"Logs: {ROOT / '.airflow' / 'standalone.log'}\n"

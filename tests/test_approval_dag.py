@@ -55,12 +55,12 @@ def airflow(tmp_path: Path, sandbox: FeishuSandbox) -> Iterator[LocalAirflow]:
 
 
 class Api:
-    """Airflow's public REST API, logged in as the admin (the simple auth manager's generated password)."""
+    """Airflow's public REST API, logged in as one of ``LocalAirflow``'s users (the admin, or the approver)."""
 
-    def __init__(self, local: LocalAirflow) -> None:
+    def __init__(self, local: LocalAirflow, login: tuple[str, str]) -> None:
         self.url = local.url
-        passwords = json.loads((local.home / "simple_auth_manager_passwords.json.generated").read_text())
-        answer = self._send("POST", "/auth/token", {"username": "admin", "password": passwords["admin"]}, None)
+        username, password = login
+        answer = self._send("POST", "/auth/token", {"username": username, "password": password}, None)
         self.token = answer["access_token"]
 
     def __call__(self, method: str, path: str, body: object = None) -> Any:
@@ -142,7 +142,8 @@ def run_state(api: Api, run_id: str) -> str | None:
 def test_only_an_approval_pays_and_every_decision_is_recorded(
     sandbox: FeishuSandbox, airflow: LocalAirflow, tmp_path: Path
 ) -> None:
-    api = Api(airflow)
+    api = Api(airflow, airflow.login)  # triggers the runs
+    approver = Api(airflow, airflow.approver)  # a second person: the one who triggers cannot approve
     wait_for(lambda: api.try_get(f"/dags/{DAG_ID}"), "the DAG to be parsed")
     conf = {"referral_account_ids": IDS, "require_approval": True}
     # Beside the payout: two runs with nothing to pay, which must not ask anyone.
@@ -150,7 +151,7 @@ def test_only_an_approval_pays_and_every_decision_is_recorded(
     empty = trigger(api, {**conf, "referral_account_ids": [EMPTY.account_id]}, "empty")
 
     approved = trigger(api, conf, "approved")
-    asked = decide_after_checking_nothing_paid(api, sandbox, approved)
+    asked = decide_after_checking_nothing_paid(approver, sandbox, approved)
     assert asked["subject"] == "Pay 2 referral accounts: 320 points, 1200.55 CNY?"
     assert "| 7500000000000000001 | 300 | 1200.50 CNY |" in asked["body"]
     assert wait_for(lambda: run_state(api, approved), "the approved run to finish", timeout=300) == "success"
@@ -159,12 +160,14 @@ def test_only_an_approval_pays_and_every_decision_is_recorded(
     for account in ACCOUNTS:  # new bonuses, then a run that a person rejects
         sandbox.credit(account.account_id, point_bonus=1)
     rejected = trigger(api, conf, "rejected")
-    decide(api, rejected, "Reject")
+    decide(approver, rejected, "Reject")
     # The rejection stands out: the approval task and the run end failed, not green.
     assert wait_for(lambda: run_state(api, rejected), "the rejected run to finish", timeout=300) == "failed"
     states = task_states(api, rejected)
     assert (states["approve_payout"], states["withdraw_referral_account"]) == ("failed", "upstream_failed")
-    assert re.search(r"Rejected by admin at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: nothing paid", task_log(api, rejected))
+    assert re.search(
+        r"Rejected by approver at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: nothing paid", task_log(api, rejected)
+    )
     assert len(sandbox.state()["ledger"]) == len(IDS)  # the rejection paid nothing
 
     # Clearing the withdrawals of a rejected run, as someone might to "retry", still sends nothing.
@@ -205,12 +208,12 @@ def test_only_an_approval_pays_and_every_decision_is_recorded(
     yes, no = approvals[-1], rejections[-1]
     assert (yes.decision, yes.decided_by, yes.accounts, yes.point_bonus, yes.cash_bonus) == (
         "Approve",
-        "admin",
+        "approver",
         2,
         320,
         {"CNY": "1200.55"},
     )
-    assert (no.decision, no.decided_by, no.point_bonus) == ("Reject", "admin", 2)
+    assert (no.decision, no.decided_by, no.point_bonus) == ("Reject", "approver", 2)
     assert [(n.decision, n.accounts) for n in nothing] == [("nothing to pay", 0), ("nothing to pay", 0)]
 
     # The payroll asset started the import DAG once, with the approved run's totals.
