@@ -67,10 +67,10 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAirflow]:
 
 
 @pytest.fixture(scope="module")
-def page(airflow: LocalAirflow) -> Iterator[Any]:
+def browser() -> Iterator[Any]:
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
+        launched = playwright.chromium.launch(
             executable_path=CHROMIUM,
             args=[
                 "--no-sandbox",
@@ -82,17 +82,34 @@ def page(airflow: LocalAirflow) -> Iterator[Any]:
                 "--disable-sync",
             ],
         )
-        tab = browser.new_page(viewport={"width": 1400, "height": 900})
-        tab.set_default_timeout(30_000)
         sync_api.expect.set_options(timeout=30_000)  # the api-server shares two cores with the tasks
-        user, password = airflow.login
-        tab.goto(airflow.url)
-        tab.locator("input[name=username]").fill(user)
-        tab.locator("input[name=password]").fill(password)
-        tab.locator("button[type=submit]").click()
-        tab.wait_for_url(airflow.url + "/")
-        yield tab
-        browser.close()
+        yield launched
+        launched.close()
+
+
+def logged_in(browser: Any, airflow: LocalAirflow, login: tuple[str, str]) -> Any:
+    """A tab of its own (its own cookies) logged in as ``login``."""
+    tab = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+    tab.set_default_timeout(30_000)
+    user, password = login
+    tab.goto(airflow.url)
+    tab.locator("input[name=username]").fill(user)
+    tab.locator("input[name=password]").fill(password)
+    tab.locator("button[type=submit]").click()
+    tab.wait_for_url(airflow.url + "/")
+    return tab
+
+
+@pytest.fixture(scope="module")
+def page(browser: Any, airflow: LocalAirflow) -> Any:
+    """The admin, who makes the connection and triggers the payouts."""
+    return logged_in(browser, airflow, airflow.login)
+
+
+@pytest.fixture(scope="module")
+def approver_page(browser: Any, airflow: LocalAirflow) -> Any:
+    """A second person: whoever triggered a run cannot approve it."""
+    return logged_in(browser, airflow, airflow.approver)
 
 
 def shot(page: Any, name: str) -> None:
@@ -251,12 +268,12 @@ def test_nothing_to_pay_asks_nobody_and_names_who_could_not_be_read(airflow: Loc
     assert balances(airflow) == before
 
 
-def test_a_rejected_payout_stands_out_and_pays_nothing(airflow: LocalAirflow, page: Any) -> None:
+def test_a_rejected_payout_stands_out_and_pays_nothing(airflow: LocalAirflow, page: Any, approver_page: Any) -> None:
     before = balances(airflow)
     assert any(points or cash for points, cash in before.values())  # there is money that could move
     run_id = api(airflow, f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None})["dag_run_id"]
 
-    decide(airflow, page, run_id, "Reject")
+    decide(airflow, approver_page, run_id, "Reject")
 
     assert run_state(airflow, DAG_ID, run_id) == "failed"
     states = task_states(airflow, run_id)
@@ -266,12 +283,14 @@ def test_a_rejected_payout_stands_out_and_pays_nothing(airflow: LocalAirflow, pa
     assert not list(airflow.home.rglob(f"{DAG_ID}/payroll_*.csv"))
     page.goto(f"{airflow.url}/dags/{DAG_ID}/runs/{run_id}/tasks/approve_payout")
     sync_api.expect(
-        page.get_by_text(re.compile(r"Rejected by admin at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: nothing paid")).first
+        page.get_by_text(re.compile(r"Rejected by approver at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: nothing paid")).first
     ).to_be_visible()
     shot(page, "rejected")
 
 
-def test_an_approved_payout_pays_each_account_and_announces_the_payroll(airflow: LocalAirflow, page: Any) -> None:
+def test_an_approved_payout_pays_each_account_and_announces_the_payroll(
+    airflow: LocalAirflow, page: Any, approver_page: Any
+) -> None:
     page.goto(f"{airflow.url}/dags/{DAG_ID}")
     page.get_by_role("button", name="Trigger").first.click()
     dialog = page.get_by_role("dialog")
@@ -286,7 +305,7 @@ def test_an_approved_payout_pays_each_account_and_announces_the_payroll(airflow:
         dialog.get_by_role("button", name="Trigger").click()
     run_id = answer.value.json()["dag_run_id"]
 
-    decide(airflow, page, run_id, "Approve", screenshot="approval")
+    decide(airflow, approver_page, run_id, "Approve", screenshot="approval")
     assert run_state(airflow, DAG_ID, run_id) == "success"
     for task_id in ("preview_payout", "withdraw_referral_account/0", "reconcile_with_feishu"):
         ti = api(airflow, f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}")
