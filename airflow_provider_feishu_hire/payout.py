@@ -145,7 +145,8 @@ def _withdraw(
         if row.status == REVIEW:
             message = (
                 f"Feishu refused order {order_id} ({err.msg}) after an earlier send whose outcome is unknown; "
-                "it may have paid before. Check the account in Feishu, then settle the ledger row by hand"
+                "it may have paid before. Check the account in Feishu, then settle it: python -m "
+                f"airflow_provider_feishu_hire.settlement show {order_id}"
             )
             return Outcome(account_id, order_id, REVIEW, None, err.code, message)
         return Outcome(account_id, order_id, row.status, None, err.code, str(err))
@@ -155,7 +156,7 @@ def _withdraw(
         ledger.record_unreadable(claim, raw_json(data), str(exc))
         message = (
             f"Feishu paid order {order_id} but its answer does not parse ({exc}); the raw answer is in the "
-            "ledger. Review it with Feishu before paying this account again"
+            f"ledger. Settle it with Feishu's record: python -m airflow_provider_feishu_hire.settlement show {order_id}"
         )
         return Outcome(account_id, order_id, REVIEW, message=message)
     row = ledger.record_paid(claim, withdrawal)
