@@ -59,6 +59,9 @@ PAYROLL_SCOPES = (RUN_SCOPE, DAG_SCOPE, APP_SCOPE)
 # An attempt started this recently and not finished may still be waiting for Feishu's answer;
 # an older one died with its worker. (A call's retries end within the connection's budget.)
 IN_FLIGHT_SECONDS = 600
+# Senders waiting for one pace at once: every thread of every worker holds one slot at a time, so a
+# stored slot this many intervals ahead came from a skewed clock, not from a queue.
+_MAX_QUEUED_SLOTS = 1000
 DIALECTS = ("sqlite", "postgresql")
 
 # (SQLite, PostgreSQL) spellings; everything else in the DDL is common to both.
@@ -1125,24 +1128,35 @@ class Ledger:
 
     # -- one pace for every worker -----------------------------------------------------------
 
-    def reserve_slot(self, pace_key: str, interval: float) -> float:
-        """Reserve the next free send time (epoch seconds) of ``pace_key``, ``interval`` after the last one.
+    def reserve_wait(self, pace_key: str, interval: float) -> float:
+        """Reserve the next free send slot of ``pace_key``, ``interval`` after the last; return the seconds to wait.
 
         One short transaction on a locked row: however many threads, processes and
         machines ask at once, each gets its own slot, and consecutive slots are at least
-        ``interval`` apart. Callers sleep until their slot (clocks agree through NTP).
+        ``interval`` apart. Slots are kept, and the wait measured, by the database's clock
+        (PostgreSQL's ``clock_timestamp()``; SQLite lives on one machine, whose clock is the
+        only one): a worker whose clock is an hour ahead cannot make the others wait an hour.
+        A stored slot further ahead than any queue of waiting senders could make (written by
+        a skewed clock before this rule) is dropped.
         """
         with self._transaction() as cur:
             cur.execute(
                 "INSERT INTO feishu_hire_pace (pace_key, next_slot) VALUES (?, ?) ON CONFLICT (pace_key) DO NOTHING",
                 (pace_key, 0.0),
             )
-            lock = " FOR UPDATE" if self.dialect == "postgresql" else ""
-            cur.execute(f"SELECT next_slot FROM feishu_hire_pace WHERE pace_key = ?{lock}", (pace_key,))
-            (next_slot,) = cur.fetchone()
-            slot = max(time.time(), float(next_slot))
+            if self.dialect == "postgresql":
+                cur.execute("SELECT extract(epoch FROM clock_timestamp())")
+                now = float(cur.fetchone()[0])
+                cur.execute("SELECT next_slot FROM feishu_hire_pace WHERE pace_key = ? FOR UPDATE", (pace_key,))
+            else:
+                now = time.time()
+                cur.execute("SELECT next_slot FROM feishu_hire_pace WHERE pace_key = ?", (pace_key,))
+            next_slot = float(cur.fetchone()[0])
+            if next_slot > now + _MAX_QUEUED_SLOTS * interval:
+                next_slot = now
+            slot = max(now, next_slot)
             cur.execute("UPDATE feishu_hire_pace SET next_slot = ? WHERE pace_key = ?", (slot + interval, pace_key))
-        return slot
+        return slot - now
 
     # -- payroll batches ------------------------------------------------------------------------
 

@@ -58,16 +58,17 @@ class SharedPace:
     Each process's own limiter only sees its own calls: mapped withdrawals on several
     workers, a retry beside its orphan, two batches, would together exceed Feishu's
     limit and draw 429s. Here every call reserves the next slot of one shared row
-    (``reserve_slot`` is the ledger's :meth:`~airflow_provider_feishu_hire.ledger.Ledger.reserve_slot`),
-    spaced as :func:`pace_interval` says. Worker clocks must agree (NTP).
+    (``reserve_wait`` is the ledger's :meth:`~airflow_provider_feishu_hire.ledger.Ledger.reserve_wait`),
+    spaced as :func:`pace_interval` says, and waits as long as the database's clock says:
+    the workers' own clocks play no part.
     """
 
-    def __init__(self, reserve_slot: Callable[[str, float], float], pace_key: str, limit: float, period: float) -> None:
-        self._reserve_slot = reserve_slot
+    def __init__(self, reserve_wait: Callable[[str, float], float], pace_key: str, limit: float, period: float) -> None:
+        self._reserve_wait = reserve_wait
         self.pace_key = pace_key
         self.interval = pace_interval(limit, period)
 
     def acquire(self) -> None:
-        delay = self._reserve_slot(self.pace_key, self.interval) - time.time()
+        delay = self._reserve_wait(self.pace_key, self.interval)
         if delay > 0:
             time.sleep(delay)

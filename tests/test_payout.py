@@ -208,7 +208,7 @@ connect = (lambda: sqlite3.connect(where, isolation_level=None, check_same_threa
     else postgres_ledger_connection(where)
 ledger = Ledger(connect, dialect)
 shared = sys.argv[6] == "shared"
-pace = lambda key, limit: SharedPace(ledger.reserve_slot, "{app_id}:" + key, limit, 1.0) if shared \\
+pace = lambda key, limit: SharedPace(ledger.reserve_wait, "{app_id}:" + key, limit, 1.0) if shared \\
     else RateLimiter(limit, 1.0)
 client = FeishuClient("{app_id}", "{secret}", url, withdraw_limiter=pace("withdraw", per_second),
                       assets_limiter=pace("get_account_assets", 8))
@@ -342,10 +342,26 @@ def test_one_pace_shared_through_the_ledger_keeps_two_workers_within_feishus_lim
 
 
 def test_the_shared_pace_hands_out_slots_an_interval_apart(ledger: Ledger) -> None:
-    pace = SharedPace(ledger.reserve_slot, "cli_app:withdraw", limit=50, period=1.0)
-    slots = sorted(ledger.reserve_slot(pace.pace_key, pace.interval) for _ in range(20))
+    pace = SharedPace(ledger.reserve_wait, "cli_app:withdraw", limit=50, period=1.0)
+    slots = sorted(time.monotonic() + ledger.reserve_wait(pace.pace_key, pace.interval) for _ in range(20))
     gaps = [b - a for a, b in itertools.pairwise(slots)]
-    assert min(gaps) >= pace.interval - 1e-6
+    assert min(gaps) >= pace.interval - 0.005  # the database's clock and this one tick apart by microseconds
+
+
+def test_a_worker_with_a_skewed_clock_does_not_stall_the_others(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18: slots were wall-clock times from each worker; one an hour ahead made every other wait an hour."""
+    interval = 0.1
+    if ledger.dialect == "postgresql":  # PostgreSQL's clock decides: a worker's own clock plays no part
+        with monkeypatch.context() as skewed:
+            skewed.setattr(time, "time", lambda: 1e10)  # this worker's clock is centuries ahead
+            assert ledger.reserve_wait("cli_app:withdraw", interval) <= interval
+    else:  # one machine, one clock; a slot written by a skewed clock before is dropped
+        with ledger._transaction() as cur:
+            cur.execute("INSERT INTO feishu_hire_pace VALUES ('cli_app:withdraw', ?)", (time.time() + 3600,))
+    waits = [ledger.reserve_wait("cli_app:withdraw", interval) for _ in range(3)]
+    assert max(waits) <= 3 * interval  # not an hour
 
 
 def test_an_orphaned_batch_stops_sending_once_its_retry_has_started(ledger: Ledger, tmp_path: Path) -> None:

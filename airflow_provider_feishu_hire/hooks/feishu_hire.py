@@ -209,7 +209,7 @@ class FeishuHireHook(BaseHook):
         if limit <= 0:
             return None
         if self.ledger is not None and settings.shared_pace:
-            return SharedPace(self.ledger.reserve_slot, key, limit, period)
+            return SharedPace(self.ledger.reserve_wait, key, limit, period)
         return RateLimiter(limit, period)
 
     def get_conn(self) -> FeishuClient:
