@@ -248,7 +248,7 @@ class ReferralBatchWithdrawOperator(BaseOperator):
             account_ids = check_referral_account_ids(self.referral_account_ids)
             bonus_types = check_withdraw_bonus_type(self.withdraw_bonus_type)
             order_ids = check_external_order_ids(self.external_order_ids)
-        self.log.info("Withdrawing %d referral accounts", len(account_ids))
+        self.log.info("Withdrawing %s", plural(len(account_ids), "referral account"))
         with feishu_and_ledger(
             self.feishu_hire_conn_id,
             self.ledger_conn_id,
