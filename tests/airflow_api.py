@@ -11,13 +11,11 @@ from tests.conftest import LocalAirflow, wait_for
 
 
 class Api:
-    """Airflow's public REST API, logged in as a user of the simple auth manager (by default the generated admin)."""
+    """Airflow's public REST API, logged in as a user of the simple auth manager (by default LocalAirflow's admin)."""
 
-    def __init__(self, local: LocalAirflow, username: str = "admin", password: str | None = None) -> None:
+    def __init__(self, local: LocalAirflow, login: tuple[str, str] | None = None) -> None:
         self.url = local.url
-        if password is None:
-            generated = local.home / "simple_auth_manager_passwords.json.generated"
-            password = json.loads(generated.read_text())[username]
+        username, password = login or local.login
         answer = self._send("POST", "/auth/token", {"username": username, "password": password}, None)
         self.token = answer["access_token"]
 

@@ -26,6 +26,7 @@ import pytest
 
 from airflow_provider_feishu_hire.ledger import Ledger
 from airflow_provider_feishu_hire.sandbox import Account, FeishuSandbox
+from tests.airflow_api import Api
 from tests.conftest import LocalAirflow, assert_paid_exactly_once, local_airflow, wait_for
 
 DAG_ID = "example_feishu_referral_payroll"
@@ -52,52 +53,6 @@ def sandbox() -> Iterator[FeishuSandbox]:
 def airflow(tmp_path: Path, sandbox: FeishuSandbox) -> Iterator[LocalAirflow]:
     with local_airflow(tmp_path, sandbox) as running:
         yield running
-
-
-class Api:
-    """Airflow's public REST API, logged in as one of ``LocalAirflow``'s users (the admin, or the approver)."""
-
-    def __init__(self, local: LocalAirflow, login: tuple[str, str]) -> None:
-        self.url = local.url
-        username, password = login
-        answer = self._send("POST", "/auth/token", {"username": username, "password": password}, None)
-        self.token = answer["access_token"]
-
-    def __call__(self, method: str, path: str, body: object = None) -> Any:
-        return self._send(method, "/api/v2" + path, body, self.token)
-
-    def _send(self, method: str, path: str, body: object, token: str | None) -> Any:
-        request = urllib.request.Request(
-            self.url + path,
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read() or b"null")
-
-    def try_get(self, path: str) -> Any:
-        """The answer, or None while it is not there yet (404) or the api-server's SQLite is busy (500)."""
-        try:
-            return self("GET", path)
-        except urllib.error.HTTPError as exc:
-            if exc.code in (404, 500):
-                return None
-            raise
-
-
-def trigger(api: Api, conf: dict[str, Any], run_id: str) -> str:
-    """Start a run under a chosen id, so a retry after a lost answer (SQLite busy: HTTP 500) cannot start two."""
-    body = {"dag_run_id": run_id, "logical_date": None, "conf": conf}
-    for _ in range(5):
-        try:
-            return str(api("POST", f"/dags/{DAG_ID}/dagRuns", body)["dag_run_id"])
-        except urllib.error.HTTPError as exc:
-            if exc.code == 409:
-                return run_id
-            if exc.code != 500:
-                raise
-    raise AssertionError(f"could not start {run_id}")
 
 
 def decide(api: Api, run_id: str, option: str) -> dict[str, Any]:
@@ -134,11 +89,6 @@ def decide(api: Api, run_id: str, option: str) -> dict[str, Any]:
     raise AssertionError(f"Airflow lost every answer to the approval of {run_id}")
 
 
-def run_state(api: Api, run_id: str) -> str | None:
-    state = (api.try_get(f"/dags/{DAG_ID}/dagRuns/{run_id}") or {}).get("state")
-    return state if state in ("success", "failed") else None
-
-
 def test_only_an_approval_pays_and_every_decision_is_recorded(
     sandbox: FeishuSandbox, airflow: LocalAirflow, tmp_path: Path
 ) -> None:
@@ -147,26 +97,27 @@ def test_only_an_approval_pays_and_every_decision_is_recorded(
     wait_for(lambda: api.try_get(f"/dags/{DAG_ID}"), "the DAG to be parsed")
     conf = {"referral_account_ids": IDS, "require_approval": True}
     # Beside the payout: two runs with nothing to pay, which must not ask anyone.
-    unreadable = trigger(api, {**conf, "referral_account_ids": [UNKNOWN, EMPTY.account_id]}, "unreadable")
-    empty = trigger(api, {**conf, "referral_account_ids": [EMPTY.account_id]}, "empty")
+    unreadable = api.trigger(DAG_ID, "unreadable", {**conf, "referral_account_ids": [UNKNOWN, EMPTY.account_id]})
+    empty = api.trigger(DAG_ID, "empty", {**conf, "referral_account_ids": [EMPTY.account_id]})
 
-    approved = trigger(api, conf, "approved")
+    approved = api.trigger(DAG_ID, "approved", conf)
     asked = decide_after_checking_nothing_paid(approver, sandbox, approved)
     assert asked["subject"] == "Pay 2 referral accounts: 320 points, 1200.55 CNY?"
     assert "| 7500000000000000001 | 300 | 1200.50 CNY |" in asked["body"]
-    assert wait_for(lambda: run_state(api, approved), "the approved run to finish", timeout=300) == "success"
+    assert wait_for(lambda: api.run_state(DAG_ID, approved), "the approved run to finish", timeout=300) == "success"
     assert {e["referral_account_id"] for e in sandbox.state()["ledger"]} == set(IDS)
 
     for account in ACCOUNTS:  # new bonuses, then a run that a person rejects
         sandbox.credit(account.account_id, point_bonus=1)
-    rejected = trigger(api, conf, "rejected")
+    rejected = api.trigger(DAG_ID, "rejected", conf)
     decide(approver, rejected, "Reject")
     # The rejection stands out: the approval task and the run end failed, not green.
-    assert wait_for(lambda: run_state(api, rejected), "the rejected run to finish", timeout=300) == "failed"
-    states = task_states(api, rejected)
+    assert wait_for(lambda: api.run_state(DAG_ID, rejected), "the rejected run to finish", timeout=300) == "failed"
+    states = api.task_states(DAG_ID, rejected)
     assert (states["approve_payout"], states["withdraw_referral_account"]) == ("failed", "upstream_failed")
     assert re.search(
-        r"Rejected by approver at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: nothing paid", task_log(api, rejected)
+        r"Rejected by approver at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: nothing paid",
+        api.task_log(DAG_ID, rejected, "approve_payout"),
     )
     assert len(sandbox.state()["ledger"]) == len(IDS)  # the rejection paid nothing
 
@@ -177,7 +128,7 @@ def test_only_an_approval_pays_and_every_decision_is_recorded(
         {"dry_run": False, "dag_run_id": rejected, "task_ids": ["withdraw_referral_account"], "only_failed": False},
     )
     wait_for(
-        lambda: task_states(api, rejected)["withdraw_referral_account"] == "upstream_failed",
+        lambda: api.task_states(DAG_ID, rejected)["withdraw_referral_account"] == "upstream_failed",
         "the cleared withdrawals to be judged again",
         timeout=300,
     )
@@ -185,15 +136,15 @@ def test_only_an_approval_pays_and_every_decision_is_recorded(
 
     # Nothing to pay: nobody was asked. Accounts that cannot be read fail the run, named;
     # only zero balances end it quietly, everything after the approval skipped.
-    assert wait_for(lambda: run_state(api, unreadable), "the unreadable run to finish", timeout=300) == "failed"
-    assert task_states(api, unreadable)["approve_payout"] == "failed"
+    assert wait_for(lambda: api.run_state(DAG_ID, unreadable), "the unreadable run to finish", timeout=300) == "failed"
+    assert api.task_states(DAG_ID, unreadable)["approve_payout"] == "failed"
     assert api.try_get(f"/dags/{DAG_ID}/dagRuns/{unreadable}/taskInstances/approve_payout/-1/hitlDetails") is None
-    assert f"Nothing to pay, so no one was asked to approve: {UNKNOWN} (Feishu error 1002553" in task_log(
-        api, unreadable
+    assert f"Nothing to pay, so no one was asked to approve: {UNKNOWN} (Feishu error 1002553" in api.task_log(
+        DAG_ID, unreadable, "approve_payout"
     )
-    assert "1 account with a zero balance" in task_log(api, unreadable)
-    assert wait_for(lambda: run_state(api, empty), "the empty run to finish", timeout=300) == "success"
-    after = task_states(api, empty)
+    assert "1 account with a zero balance" in api.task_log(DAG_ID, unreadable, "approve_payout")
+    assert wait_for(lambda: api.run_state(DAG_ID, empty), "the empty run to finish", timeout=300) == "success"
+    after = api.task_states(DAG_ID, empty)
     assert after["approve_payout"] == "success"
     assert {after[t] for t in ("withdraw_referral_account", "export_payroll", "reconcile_with_feishu")} == {"skipped"}
     assert api.try_get(f"/dags/{DAG_ID}/dagRuns/{empty}/taskInstances/approve_payout/-1/hitlDetails") is None
@@ -228,23 +179,49 @@ def test_only_an_approval_pays_and_every_decision_is_recorded(
     assert '"point_bonus": 320' in announced and '"cash_bonus": {"CNY": "1200.55"}' in announced
 
 
-def task_states(api: Api, run_id: str) -> dict[str, str | None]:
-    """Each task's state in a run (a mapped task's: the first instance's; all agree here)."""
-    found: dict[str, str | None] = {}
-    for ti in api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")["task_instances"]:
-        found.setdefault(ti["task_id"], ti["state"])
-    return found
-
-
-def task_log(api: Api, run_id: str, task_id: str = "approve_payout") -> str:
-    """The task's log of its latest try, as the UI's log view shows it."""
-    ti = api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}")
-    log = api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{ti['try_number']}")
-    return json.dumps(log["content"])
-
-
 def decide_after_checking_nothing_paid(api: Api, sandbox: FeishuSandbox, run_id: str) -> dict[str, Any]:
     path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/approve_payout/-1/hitlDetails"
     wait_for(lambda: api.try_get(path), "the approval to ask a person", timeout=300)
     assert sandbox.state()["ledger"] == []  # asked, and nothing has moved yet
     return decide(api, run_id, "Approve")
+
+
+def test_the_trigger_user_cannot_approve_and_an_approval_binds_the_amounts_it_showed(
+    sandbox: FeishuSandbox, airflow: LocalAirflow, tmp_path: Path
+) -> None:
+    """Issue 17 through two real users: maker is not checker; a credit after the preview waits for a new approval."""
+    admin = Api(airflow, airflow.login)
+    approver = Api(airflow, airflow.approver)
+    wait_for(lambda: admin.try_get(f"/dags/{DAG_ID}"), "the DAG to be parsed")
+    conf = {"referral_account_ids": IDS, "require_approval": True}
+
+    own = admin.trigger(DAG_ID, "approved_by_its_trigger", conf)
+    decide(admin, own, "Approve")  # admin triggered it and approves it: HTTP 200 from Airflow, refused by us
+    assert admin.finished(DAG_ID, own) == "failed"
+    assert "a second person must approve" in admin.task_log(DAG_ID, own, "approve_payout")
+    assert sandbox.state()["ledger"] == []
+
+    bound = admin.trigger(DAG_ID, "credited_after_preview", conf)
+    path = f"/dags/{DAG_ID}/dagRuns/{bound}/taskInstances/approve_payout/-1/hitlDetails"
+    wait_for(lambda: approver.try_get(path), "the approval to ask a person", timeout=300)
+    sandbox.credit(IDS[1], point_bonus=7)  # after the preview the approver is looking at
+    decide(approver, bound, "Approve")
+    assert approver.finished(DAG_ID, bound) == "failed"
+    paid = {e["referral_account_id"]: e["withdrawal_details"]["point_bonus"] for e in sandbox.state()["ledger"]}
+    assert paid == {IDS[0]: 300}  # the credited account was not withdrawn
+    export_log = admin.task_log(DAG_ID, bound, "export_payroll")
+    assert IDS[1] in export_log and "needs_approval" in export_log and "27 points" in export_log
+
+    # A new approval, of the new amounts, pays it: clear the preview and everything after it.
+    approver.retrying(
+        "POST",
+        f"/dags/{DAG_ID}/clearTaskInstances",
+        {"dry_run": False, "dag_run_id": bound, "task_ids": ["preview_payout"], "include_downstream": True,
+         "only_failed": False},
+    )  # fmt: skip
+    decide(approver, bound, "Approve")
+    assert approver.finished(DAG_ID, bound) == "success"
+    paid_to = [e["referral_account_id"] for e in sandbox.state()["ledger"]]
+    assert sorted(paid_to) == sorted(IDS)
+    with Ledger(lambda: sqlite3.connect(tmp_path / "ledger.db", isolation_level=None), "sqlite") as ledger:
+        assert_paid_exactly_once(ledger, sandbox)

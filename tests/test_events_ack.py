@@ -52,23 +52,26 @@ class StateStore:
 
 
 class Triggerer:
-    """One triggerer process's part in ack mode: the manager, the trigger's task, the events not yet stored."""
+    """One triggerer process's part in ack mode: the manager, each watcher's task, the events not yet stored.
 
-    def __init__(self, store: StateStore | None = None) -> None:
+    ``watchers`` triggers of the same connection, as two assets watching one app would be.
+    """
+
+    def __init__(self, store: StateStore | None = None, watchers: int = 1) -> None:
         self.manager = SharedStreamManager()
-        self.trigger = FeishuReferralAssetsTrigger()
-        self.trigger.asset_state_store = store  # type: ignore[assignment]
-        self.key = self.trigger.shared_stream_key()
         self.unstored: list[tuple[int | None, dict[str, Any]]] = []  # (persist seq, payload)
         self.stored: list[dict[str, Any]] = []
-        self.task = asyncio.ensure_future(self._run())
+        self.tasks = [asyncio.ensure_future(self._run(trigger_id, store)) for trigger_id in range(1, watchers + 1)]
 
-    async def _run(self) -> None:
+    async def _run(self, trigger_id: int, store: StateStore | None) -> None:
         """What ``TriggerRunner.run_trigger`` does for a shared-stream trigger."""
-        stream = self.manager.subscribe(trigger_id=1, trigger=self.trigger, key=self.key)
-        events: AsyncIterator[Any] = self.trigger.filter_shared_stream(stream)
+        trigger = FeishuReferralAssetsTrigger()
+        trigger.asset_state_store = store  # type: ignore[assignment]
+        key = trigger.shared_stream_key()
+        stream = self.manager.subscribe(trigger_id=trigger_id, trigger=trigger, key=key)
+        events: AsyncIterator[Any] = trigger.filter_shared_stream(stream)
         async for event in events:
-            seq = self.manager.bind_pending_event(trigger_id=1, key=self.key)  # no await in between, as there
+            seq = self.manager.bind_pending_event(trigger_id=trigger_id, key=key)  # no await in between, as there
             self.unstored.append((seq, event.payload))
 
     def store(self) -> list[dict[str, Any]]:
@@ -80,9 +83,10 @@ class Triggerer:
 
     async def kill(self) -> None:
         """Gone, with whatever was not stored: the long connection closes without another word."""
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+        for task in self.tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.manager.stop_all()
 
 
@@ -193,11 +197,35 @@ def test_a_flood_of_events_waits_in_feishu_not_in_memory_and_every_one_is_stored
             sandbox.credit(ACCOUNT if n % 2 else OTHER, 1)
         await wait_for(lambda: len(triggerer.unstored) == MAX_IN_FLIGHT)
         await asyncio.sleep(1.5)  # the database is slow: no more are taken, none fails
-        assert len(triggerer.unstored) == MAX_IN_FLIGHT and not triggerer.task.done()
+        assert len(triggerer.unstored) == MAX_IN_FLIGHT and not any(task.done() for task in triggerer.tasks)
         while len({p["event_id"] for p in triggerer.stored}) < credits:
             triggerer.store()
             await asyncio.sleep(0.1)
         await wait_for(lambda: all(e["acked"] for e in events(sandbox).values()))
+        await triggerer.kill()
+
+    asyncio.run(scenario())
+
+
+def test_watchers_of_one_connection_share_its_long_connection_and_the_ack_waits_for_both(
+    sandbox: FeishuSandbox,
+) -> None:
+    """Feishu gives each event to one connection: two connections would each miss half the events."""
+
+    async def scenario() -> None:
+        triggerer = Triggerer(watchers=2)
+        await wait_for(lambda: connected(sandbox))
+        sandbox.credit(ACCOUNT, 10)
+        await wait_for(lambda: len(triggerer.unstored) == 2)  # one asset event per watcher
+        first, second = triggerer.unstored
+        triggerer.unstored = [first]
+        triggerer.store()
+        await asyncio.sleep(1.5)
+        assert events(sandbox)[first[1]["event_id"]]["acked"] is False  # the other watcher's is not stored yet
+        triggerer.unstored = [second]
+        triggerer.store()
+        await wait_for(lambda: events(sandbox)[first[1]["event_id"]]["acked"])
+        assert sandbox.state()["long_connection"]["connections"] == 1
         await triggerer.kill()
 
     asyncio.run(scenario())

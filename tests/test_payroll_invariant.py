@@ -12,12 +12,9 @@ account it was paid to, and no batch may have changed after it was made.
 
 from __future__ import annotations
 
-import sqlite3
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,7 +36,8 @@ from airflow_provider_feishu_hire.ledger import (
 from airflow_provider_feishu_hire.payout import withdraw_account, withdraw_batch
 from airflow_provider_feishu_hire.sandbox import DEFAULT_APP_ID, DEFAULT_APP_SECRET, Account, FeishuSandbox
 from airflow_provider_feishu_hire.withdrawal import derive_external_order_id
-from tests.conftest import PostgresServer, postgres_ledger_connection, sandbox_payroll
+from tests.conftest import sandbox_payroll
+from tests.test_invariant import new_ledger  # noqa: F401 -- the fixture: a fresh ledger per example
 
 DAG = "payroll"
 IDS = [f"79{n:017d}" for n in range(6)]
@@ -115,20 +113,6 @@ steps = st.one_of(
 )
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def new_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Ledger]:
-    """A fresh, empty ledger for each generated example."""
-    if request.param == "sqlite":
-
-        def make() -> Ledger:
-            path = Path(tempfile.mkdtemp(dir=tmp_path)) / "ledger.db"
-            return Ledger(lambda: sqlite3.connect(path, check_same_thread=False, isolation_level=None), "sqlite")
-
-        return make
-    server: PostgresServer = request.getfixturevalue("postgres")
-    return lambda: Ledger(postgres_ledger_connection(server.new_database()), "postgresql")
-
-
 def batch_lines(batches: list[PayrollBatch]) -> Counter[tuple[str, str, str, str, str]]:
     lines: Counter[tuple[str, str, str, str, str]] = Counter()
     for batch in batches:
@@ -149,7 +133,9 @@ def batch_lines(batches: list[PayrollBatch]) -> Counter[tuple[str, str, str, str
     schedule=st.lists(steps, min_size=1, max_size=10),
 )
 def test_every_payment_is_in_exactly_one_payroll_batch_whatever_runs_tries_and_events_do(
-    new_ledger: Callable[[], Ledger], balances: list[tuple[int, int]], schedule: list[tuple[Any, ...]]
+    new_ledger: Callable[[], Ledger],  # noqa: F811 -- pytest's fixture, imported above
+    balances: list[tuple[int, int]],
+    schedule: list[tuple[Any, ...]],
 ) -> None:
     accounts = [
         Account(account_id, point_bonus=points, cash_bonus={"CNY": Decimal(cents) / 100} if cents else {})

@@ -19,7 +19,7 @@ from airflow_provider_feishu_hire.withdrawal import check_referral_account_ids, 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_feishu_hire.ledger import PayrollBatch
+    from airflow_provider_feishu_hire.ledger import PayrollBatch, TaskTry
 
 # Every payroll export marks this asset (unless given other outlets) with the ids and totals of
 # its payroll batches in the event's extra, so that a payroll-import DAG can be scheduled on it.
@@ -137,7 +137,7 @@ class ReferralPayrollOperator(BaseOperator):
         check = completeness(
             [r for r in rows if r.run_generation == task.run_generation or r.status in OPEN_STATUSES], expected
         )
-        problems = self._problems(ledger, task.dag_id, task.run_id, check)
+        problems = self._problems(ledger, task, check)
         if not batches:
             if problems:
                 raise AirflowFailException(f"Nothing paid, so no payroll batch. {problems}")
@@ -177,13 +177,15 @@ class ReferralPayrollOperator(BaseOperator):
         self.log.info("Payroll batch %d is in table feishu_hire_payroll%s", batch.id, f" and {path}" if path else "")
         return {"id": batch.id, "csv": str(path) if path else None, "created_at": batch.created_at, **totals}
 
-    def _problems(self, ledger: Any, dag_id: str, run_id: str, check: Any) -> str:
-        """Why this run must not end green, for a person: a rejection, unknown outcomes, accounts not paid."""
-        decisions = ledger.approvals(dag_id, run_id)
+    def _problems(self, ledger: Any, task: TaskTry, check: Any) -> str:
+        """Why this run must not end green, for a person: its approval's verdict, unknown outcomes, who is unpaid."""
+        from airflow_provider_feishu_hire.operators.referral_account import run_approval
+
         parts = []
-        if decisions and decisions[-1].decision == "Reject":
-            last = decisions[-1]
-            parts.append(f"Rejected by {last.decided_by} at {last.decided_at}: nothing paid.")
+        try:
+            run_approval(self, ledger, task)  # the withdrawals' own check: rejected, missing, self-approved
+        except AirflowFailException as refused:
+            parts.append(f"{refused}.")
         if check.open:
             hint = " Clear the withdrawal tasks: they resend the same order ids." if check.resendable else ""
             parts.append(f"{check.open_message()}.{hint}")

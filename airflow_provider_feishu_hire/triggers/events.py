@@ -69,11 +69,12 @@ class FeishuReferralAssetsTrigger(BaseEventTrigger):
     trigger event while the last ``remember`` ids are in memory; repeats that get through
     (after a restart) are harmless: the DAG's order ids make them replays.
 
-    An event or frame that cannot be read is rejected: logged once with its id,
-    acknowledged so Feishu stops sending it (Airflow 3.3 counts it through its reject
-    path), and, on 3.3, kept with its reason in the asset's state store under
+    An event or frame that cannot be read is rejected: logged once with its event (or
+    message) id, acknowledged so Feishu stops sending it (Airflow 3.3 counts it through
+    its reject path), and never makes the trigger reconnect. On 3.3 one whose event id
+    could be read is kept with its reason in the asset's state store under
     :data:`REJECTED_EVENTS_KEY` (the last 100; never the payload, whose header holds the
-    app's verification token). It never makes the trigger reconnect.
+    app's verification token); the others are in the triggerer's log.
 
     Credentials are read from the connection at every dial, never kept in the trigger's
     serialized arguments. The stream never ends: a dropped connection is dialled again
