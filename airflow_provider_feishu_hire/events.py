@@ -776,7 +776,10 @@ class LongConnection:
                         continue
                     delivery = self._read(frame, reassembly)
                     if delivery is not None:
-                        yield replace(delivery, frame=frame, received=received, connection=ws)
+                        # The acknowledgement replaces the payload, so a delivery waiting for it
+                        # (up to MAX_IN_FLIGHT in ack mode) need not hold a megabyte of it.
+                        answerable = replace(frame, payload=b"")
+                        yield replace(delivery, frame=answerable, received=received, connection=ws)
             finally:
                 pinger.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
