@@ -177,7 +177,7 @@ def needs_attention(ledger: Ledger, readable: Collection[str], *, limit: int) ->
         ):
             cur.execute(
                 f"SELECT {_ROW_COLUMNS} FROM feishu_hire_withdrawal w WHERE {extra} AND {dags} "
-                "ORDER BY w.updated_at DESC, w.external_order_id DESC LIMIT ?",
+                "ORDER BY w.requested_at DESC, w.external_order_id DESC LIMIT ?",
                 [*extra_params, *dag_params, limit + 1],
             )
             found = cur.fetchall()
