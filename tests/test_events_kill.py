@@ -4,12 +4,14 @@
 is killed with SIGKILL right after Feishu's acknowledgement of an event, right before it
 (the event handed to the triggerer, not yet acknowledged), and with a split event just
 delivered, then started again. Every credited balance must be paid exactly once, by
-Feishu's own ledger and by the payroll table. On Airflow 3.2 (no ack mode) a kill between
+Feishu's own ledger and by the payroll table; a poison event sent first is rejected once
+and kept in the asset's state store. On Airflow 3.2 (no ack mode) a kill between
 hand-over and storage loses the event until the sweep; this test is for 3.3.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -28,8 +30,9 @@ pytest.importorskip("airflow.triggers.shared_stream", reason="acknowledging afte
 
 from airflow_provider_feishu_hire.ledger import Ledger
 from airflow_provider_feishu_hire.sandbox import FeishuSandbox
+from airflow_provider_feishu_hire.triggers.events import REJECTED_EVENTS_KEY
 from tests.conftest import LocalAirflow, assert_paid_exactly_once, local_airflow, sandbox_payroll, wait_for
-from tests.test_event_dag import A, B, C, sandbox, settled
+from tests.test_event_dag import A, B, C, airflow_db, sandbox, settled
 
 __all__ = ["sandbox"]  # the fixture: the same sandbox as the event DAG's own test
 
@@ -111,6 +114,7 @@ def test_credits_are_paid_exactly_once_when_the_triggerer_is_killed_around_ackno
     try:
         wait_for(lambda: sandbox.state()["long_connection"]["connected"], "the triggerer holding the long connection")
 
+        poison = sandbox.long_connection.poison("modify_time")  # rejected, kept, and no harm to what follows
         a = credit(A, 100, {"CNY": "10.50"})
         kill_when(triggerers, sandbox, lambda: delivery(a)["acked"], "acknowledged A's event")
 
@@ -130,6 +134,14 @@ def test_credits_are_paid_exactly_once_when_the_triggerer_is_killed_around_ackno
     assert paid == {A: 1, B: 1, C: 1}
     assert sandbox.state()["long_connection"]["connections"] >= 4  # each kill cost the connection
     assert delivery(b)["delivered"] >= 2  # unacknowledged at the kill: delivered again after the restart
+    assert delivery(poison)["delivered"] == 1 and delivery(poison)["acked"]
+    ((kept,),) = airflow_db(
+        airflow,
+        "SELECT s.value FROM asset_state_store s JOIN asset a ON a.id = s.asset_id WHERE a.name = ? AND s.key = ?",
+        "feishu_referral_balances",
+        REJECTED_EVENTS_KEY,
+    )
+    assert [r["event_id"] for r in json.loads(kept)] == [poison]
     with Ledger(lambda: sqlite3.connect(tmp_path / "ledger.db", isolation_level=None), "sqlite") as ledger:
         assert_paid_exactly_once(ledger, sandbox)
     with sqlite3.connect(tmp_path / "ledger.db") as db:
