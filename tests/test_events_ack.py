@@ -18,6 +18,7 @@ import pytest
 
 pytest.importorskip("airflow.triggers.shared_stream", reason="ack mode needs Airflow 3.3")
 
+from airflow.configuration import conf
 from airflow.triggers.shared_stream import SharedStreamManager
 
 from airflow_provider_feishu_hire.sandbox import Account, FeishuSandbox
@@ -58,7 +59,10 @@ class Triggerer:
     """
 
     def __init__(self, store: StateStore | None = None, watchers: int = 1) -> None:
-        self.manager = SharedStreamManager()
+        # As the triggerer builds it, from [triggerer] shared_stream_subscriber_queue_size.
+        self.manager = SharedStreamManager(
+            max_subscriber_queue=conf.getint("triggerer", "shared_stream_subscriber_queue_size")
+        )
         self.unstored: list[tuple[int | None, dict[str, Any]]] = []  # (persist seq, payload)
         self.stored: list[dict[str, Any]] = []
         self.tasks = [asyncio.ensure_future(self._run(trigger_id, store)) for trigger_id in range(1, watchers + 1)]
@@ -187,17 +191,22 @@ def test_a_poison_event_goes_down_airflows_reject_path_is_kept_and_later_events_
     asyncio.run(scenario())
 
 
-def test_a_flood_of_events_waits_in_feishu_not_in_memory_and_every_one_is_stored(sandbox: FeishuSandbox) -> None:
-    credits = 2 * MAX_IN_FLIGHT + 50
+@pytest.mark.parametrize("queue", [1024, 10])  # Airflow's default subscriber queue, and one below our window
+def test_a_flood_of_events_waits_in_feishu_not_in_memory_and_every_one_is_stored(
+    sandbox: FeishuSandbox, monkeypatch: pytest.MonkeyPatch, queue: int
+) -> None:
+    monkeypatch.setenv("AIRFLOW__TRIGGERER__SHARED_STREAM_SUBSCRIBER_QUEUE_SIZE", str(queue))
+    window = min(MAX_IN_FLIGHT, queue)
+    credits = 2 * window + 50
 
     async def scenario() -> None:
         triggerer = Triggerer()
         await wait_for(lambda: connected(sandbox))
         for n in range(credits):
             sandbox.credit(ACCOUNT if n % 2 else OTHER, 1)
-        await wait_for(lambda: len(triggerer.unstored) == MAX_IN_FLIGHT)
-        await asyncio.sleep(1.5)  # the database is slow: no more are taken, none fails
-        assert len(triggerer.unstored) == MAX_IN_FLIGHT and not any(task.done() for task in triggerer.tasks)
+        await wait_for(lambda: len(triggerer.unstored) == window)
+        await asyncio.sleep(1.5)  # the database is slow: no more are taken, and the trigger does not fail
+        assert len(triggerer.unstored) == window and not any(task.done() for task in triggerer.tasks)
         while len({p["event_id"] for p in triggerer.stored}) < credits:
             triggerer.store()
             await asyncio.sleep(0.1)

@@ -50,9 +50,10 @@ MAX_IN_FLIGHT = 100
 """Events handed to the triggerer and not yet stored and acknowledged, at most (ack mode).
 
 The triggerer does not slow a shared stream down; it fails a subscriber whose queue
-(``[triggerer] shared_stream_subscriber_queue_size``, 1024 by default: keep it above this)
-overflows. Waiting here instead stops reading the WebSocket, whose own buffer is bounded,
-so a flood of events holds at most this many in memory and costs no trigger failure.
+(``[triggerer] shared_stream_subscriber_queue_size``, 1024 by default; a smaller one
+lowers this limit to its size) overflows. Waiting here instead stops reading the
+WebSocket, whose own buffer is bounded, so a flood of events holds at most this many in
+memory and costs no trigger failure.
 """
 
 
@@ -160,12 +161,15 @@ class LongConnectionProducer(SharedStreamProducer):
     """
 
     def __init__(self, feishu_hire_conn_id: str, remember: int) -> None:
+        from airflow.configuration import conf
+
         from airflow_provider_feishu_hire.events import SeenEvents
 
         self._conn_id = feishu_hire_conn_id
         self._acknowledged = SeenEvents(limit=remember)
         self._in_flight: set[str] = set()
-        self._window = asyncio.Semaphore(MAX_IN_FLIGHT)
+        queue = conf.getint("triggerer", "shared_stream_subscriber_queue_size")
+        self._window = asyncio.Semaphore(max(1, min(MAX_IN_FLIGHT, queue)))
         self._connection: LongConnection | None = None
 
     async def open_stream(self) -> AsyncIterator[tuple[Delivery, Delivery]]:
