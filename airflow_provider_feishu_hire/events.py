@@ -471,13 +471,6 @@ class Reassembly:
                     dropped, self._dropped.count,
                 )  # fmt: skip
 
-    def __len__(self) -> int:
-        return len(self._parts)
-
-    @property
-    def held_bytes(self) -> int:
-        return self._bytes
-
 
 # -- the event -------------------------------------------------------------------------------
 
@@ -607,13 +600,11 @@ def latest_updates(updates: Iterable[ReferralAssetsUpdate]) -> list[ReferralAsse
 
 
 class SeenEvents:
-    """The last ``limit`` event ids, oldest first: repeats are acknowledged without a second trigger event."""
+    """The last ``limit`` ids seen, oldest forgotten first: bounded memory for telling repeats apart."""
 
-    def __init__(self, ids: Iterable[str] = (), limit: int = 1000) -> None:
+    def __init__(self, limit: int = 1000) -> None:
         self.limit = limit
         self._ids: OrderedDict[str, None] = OrderedDict()
-        for event_id in ids:
-            self.add(event_id)
 
     def __contains__(self, event_id: object) -> bool:
         return event_id in self._ids
@@ -623,9 +614,6 @@ class SeenEvents:
         self._ids.move_to_end(event_id)
         while len(self._ids) > self.limit:
             self._ids.popitem(last=False)
-
-    def as_list(self) -> list[str]:
-        return list(self._ids)
 
 
 # -- the connection --------------------------------------------------------------------------
