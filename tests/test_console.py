@@ -36,6 +36,7 @@ from airflow_provider_feishu_hire.ledger import (
 )
 from airflow_provider_feishu_hire.payroll import COLUMNS
 from airflow_provider_feishu_hire.withdrawal import Withdrawal
+from tests.conftest import PostgresServer, postgres_ledger_connection
 
 PAYDAY = "payday"
 OTHER = "other_dag"
@@ -78,10 +79,15 @@ def unreadable(ledger: Ledger, order: str, account: str, *, dag: str = PAYDAY, r
     ledger.record_unreadable(claim, '{"withdrawal_details": {"point_bonus": null}}', "point_bonus is null")
 
 
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    path = tmp_path / "ledger.db"
-    made = Ledger(lambda: sqlite3.connect(path, check_same_thread=False, isolation_level=None), "sqlite")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    """A ledger on each supported database, with a payday's rows: paid, in review, batched, reconciled."""
+    if request.param == "sqlite":
+        path = tmp_path / "ledger.db"
+        made = Ledger(lambda: sqlite3.connect(path, check_same_thread=False, isolation_level=None), "sqlite")
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres")
+        made = Ledger(postgres_ledger_connection(server.new_database()), "postgresql")
     made.migrate()
     pay(made, "1001", "7001", points=10, cash={"CNY": "100.10"})
     pay(made, "1002", "7002", points=5, cash={"CNY": "0.905", "USD": "2.50"}, at=T0 + 3_600_000)
@@ -270,9 +276,10 @@ def test_needs_attention_lists_review_and_stuck_rows(clients: Clients, ledger: L
     found = clients.as_("alice").get("/api/needs-attention").json()
     assert [r["external_order_id"] for r in found["review"]["rows"]] == ["1004"]
     assert found["stuck_sending"]["rows"] == []
-    old = Ledger(ledger._connect, "sqlite", in_flight_seconds=0)  # the same ledger, seen when the window has passed
+    old = Ledger(ledger._connect, ledger.dialect)  # the same ledger from another connection
     with old._transaction() as cur:
         cur.execute("UPDATE feishu_hire_withdrawal_attempt SET started_at = '2000-01-01T00:00:00.000+00:00'")
+    old.close()
     found = clients.as_("alice").get("/api/needs-attention").json()
     assert [r["external_order_id"] for r in found["stuck_sending"]["rows"]] == ["1005"]
     assert clients.as_("outsider").get("/api/needs-attention").json()["review"]["rows"] == []
@@ -333,3 +340,28 @@ def test_the_page_redirects_to_login_without_a_session(clients: Clients, monkeyp
 def test_queries_refuse_an_unknown_status() -> None:
     with pytest.raises(ValueError, match="unknown"):
         queries.WithdrawalFilter(status="lost")
+
+
+def test_importing_the_plugin_is_cheap_and_builds_nothing() -> None:
+    """Airflow imports the plugin in every component: no FastAPI, no ledger, no hook until a request comes."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, airflow_provider_feishu_hire.console.plugin as p; "
+        "print(sorted(m for m in ('fastapi', 'airflow_provider_feishu_hire.console.app', "
+        "'airflow_provider_feishu_hire.ledger', 'airflow_provider_feishu_hire.hooks.ledger') if m in sys.modules)); "
+        "print(p.FeishuPayoutsPlugin.fastapi_apps[0]['url_prefix'], p.FeishuPayoutsPlugin.external_views[0]['href'])"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split("\n")[:2] == ["[]", "/feishu-payouts /feishu-payouts/"]
+
+
+def test_a_ledger_that_cannot_open_is_a_503_naming_no_detail(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "postgresql://payouts:s3cr3t-password@db.invalid:5432/payouts"
+    monkeypatch.setenv("AIRFLOW_CONN_FEISHU_HIRE_LEDGER", secret)
+    monkeypatch.setattr(console, "_ledger", None)
+    with pytest.raises(HTTPException) as raised:
+        console.get_ledger()
+    assert raised.value.status_code == 503 and "s3cr3t" not in str(raised.value.detail)
+    assert console._ledger is None  # tried again on the next request
