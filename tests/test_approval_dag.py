@@ -29,6 +29,8 @@ from airflow_provider_feishu_hire.sandbox import Account, FeishuSandbox
 from tests.airflow_api import Api
 from tests.conftest import LocalAirflow, assert_paid_exactly_once, local_airflow, wait_for
 
+pytestmark = pytest.mark.lowest  # also run on the lowest supported Airflow (Makefile: pytest-lowest)
+
 DAG_ID = "example_feishu_referral_payroll"
 IMPORT_DAG_ID = "example_feishu_payroll_import"
 ACCOUNTS = [

@@ -36,6 +36,8 @@ from tests.conftest import (
     sandbox_payroll,
 )
 
+pytestmark = pytest.mark.lowest  # also run on the lowest supported Airflow (Makefile: pytest-lowest)
+
 EXAMPLE = ROOT / "example_dags" / "example_feishu_referral_payroll.py"
 BATCH_EXAMPLE = ROOT / "example_dags" / "example_feishu_referral_batch_payroll.py"
 CHECKS = Path(__file__).parent / "dags" / "feishu_operator_checks.py"

@@ -29,6 +29,8 @@ from tests.conftest import (
     wait_for,
 )
 
+pytestmark = pytest.mark.lowest  # also run on the lowest supported Airflow (Makefile: pytest-lowest)
+
 DAG_ID = "example_feishu_referral_event_payout"
 A, B, C, D = (f"740000000000000000{n}" for n in range(1, 5))
 

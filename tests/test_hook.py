@@ -15,6 +15,8 @@ from airflow_provider_feishu_hire.ledger import Ledger
 from airflow_provider_feishu_hire.sandbox import DEFAULT_APP_SECRET, DEFAULT_TENANT_KEY, FeishuSandbox
 from tests.conftest import connection_json
 
+pytestmark = pytest.mark.lowest  # also run on the lowest supported Airflow (Makefile: pytest-lowest)
+
 
 def test_connection_maps_login_password_host_and_extra(
     feishu_connection: FeishuSandbox, monkeypatch: pytest.MonkeyPatch

@@ -37,6 +37,8 @@ from airflow_provider_feishu_hire.ledger import (
 from airflow_provider_feishu_hire.withdrawal import CASH, POINTS, Withdrawal
 from tests.conftest import PostgresServer, postgres_ledger_connection
 
+pytestmark = pytest.mark.lowest  # also run on the lowest supported Airflow (Makefile: pytest-lowest)
+
 ACCOUNT = "7001000000000000001"
 OTHER_ACCOUNT = "7001000000000000002"
 ORDER = "7412589630258741001"

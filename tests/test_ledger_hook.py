@@ -14,6 +14,8 @@ from airflow_provider_feishu_hire.ledger import RUN_SCOPE, Intent, LedgerError, 
 from airflow_provider_feishu_hire.withdrawal import Withdrawal
 from tests.conftest import PostgresServer
 
+pytestmark = pytest.mark.lowest  # also run on the lowest supported Airflow (Makefile: pytest-lowest)
+
 INTENT = Intent("7000000000000000001", "7001", (1, 2), "cli_app", "payroll", "manual__1", "withdraw")
 PAID = Withdrawal("7001", INTENT.external_order_id, 1683634459543, 100, {"CNY": Decimal("0.10"), "USD": Decimal("7")})
 

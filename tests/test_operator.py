@@ -11,6 +11,8 @@ from airflow_provider_feishu_hire.operators.referral_account import (
     ReferralWithdrawOperator,
 )
 
+pytestmark = pytest.mark.lowest  # also run on the lowest supported Airflow (Makefile: pytest-lowest)
+
 
 def test_mapped_withdrawals_cannot_share_one_order_id() -> None:
     with (

@@ -29,6 +29,8 @@ from airflow_provider_feishu_hire.sandbox import DEFAULT_APP_ID, DEFAULT_APP_SEC
 from airflow_provider_feishu_hire.withdrawal import derive_external_order_id
 from tests.conftest import FAST_RETRY, ROOT, assert_paid_exactly_once, ledger_payroll
 
+pytestmark = pytest.mark.lowest  # also run on the lowest supported Airflow (Makefile: pytest-lowest)
+
 RUN = {"dag_id": "payroll", "run_id": "scheduled__2026-11-01T00:00:00+00:00", "task_id": "withdraw"}
 THE_RUN = {"dag_id": RUN["dag_id"], "run_id": RUN["run_id"]}
 

@@ -14,6 +14,8 @@ import pytest
 
 from airflow_provider_feishu_hire.get_provider_info import get_provider_info
 
+pytestmark = pytest.mark.lowest  # also run on the lowest supported Airflow (Makefile: pytest-lowest)
+
 HOOK = "airflow_provider_feishu_hire.hooks.feishu_hire.FeishuHireHook"
 
 

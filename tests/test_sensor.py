@@ -18,6 +18,8 @@ from airflow_provider_feishu_hire.sensors.referral_account import ReferralBalanc
 from airflow_provider_feishu_hire.triggers.referral_account import ReferralBalanceTrigger
 from tests.conftest import connection_json
 
+pytestmark = pytest.mark.lowest  # also run on the lowest supported Airflow (Makefile: pytest-lowest)
+
 POINTS_AND_CASH = "7001000000000000001"  # 1200 points, 3000.00 CNY
 POINTS_ONLY = "7001000000000000003"  # 450 points
 DEACTIVATED = "7001000000000000009"
