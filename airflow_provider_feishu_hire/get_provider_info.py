@@ -52,13 +52,6 @@ def get_provider_info() -> dict[str, Any]:
                 ],
             }
         ],
-        # The payouts console in the Airflow UI (cheap to import; the app is built on its first request).
-        "plugins": [
-            {
-                "name": "feishu_hire_payouts",
-                "plugin-class": "airflow_provider_feishu_hire.console.plugin.FeishuPayoutsPlugin",
-            }
-        ],
         "connection-types": [
             {
                 "connection-type": "feishu_hire",

@@ -115,9 +115,6 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     local = LocalAirflow(tmp / "home", port=free_port(), sandbox_port=free_port(), free_log_ports=True)
     local.settings["core"]["simple_auth_manager_users"] += ",viewer:viewer"
     local.env.update(
-        # Airflow 3.3.2 loads the plugins named in provider metadata only when providers are discovered
-        # eagerly; the default (lazy) needs the `airflow.plugins` entry point instead (see the report).
-        AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS="False",
         AIRFLOW_CONN_FEISHU_HIRE_LEDGER=json.dumps({"conn_type": "sqlite", "host": str(ledger_path)}),
     )
     try:
