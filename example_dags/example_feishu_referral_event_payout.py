@@ -118,7 +118,10 @@ def example_feishu_referral_event_payout() -> None:
     # all_done: everyone paid reaches a payroll batch even when one account fails; the export then fails
     # naming that account (refusals are in the ledger), so the run is never green with someone unpaid.
     withdrawals >> ReferralPayrollOperator(
-        task_id="export_payroll", referral_account_ids=changed["referral_account_ids"], trigger_rule="all_done"
+        task_id="export_payroll",
+        referral_account_ids=changed["referral_account_ids"],
+        external_order_ids=changed["external_order_ids"],  # a repeated event's order, paid by an earlier run
+        trigger_rule="all_done",
     )
 
 

@@ -14,7 +14,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow_provider_feishu_hire.accounts import check_trans_time_window
 from airflow_provider_feishu_hire.ledger import DEFAULT_LEDGER_CONN_ID, PAYROLL_SCOPES, RUN_SCOPE
 from airflow_provider_feishu_hire.operators.referral_account import FEISHU_BLUE, input_errors_fail_the_task
-from airflow_provider_feishu_hire.withdrawal import check_referral_account_ids, plural
+from airflow_provider_feishu_hire.withdrawal import check_external_order_ids, check_referral_account_ids, plural
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -50,7 +50,9 @@ class ReferralPayrollOperator(BaseOperator):
     Before succeeding it checks that every account the run was asked to pay has an
     outcome: withdrawals whose outcome is unknown, refusals (recorded for the balance read
     too) and ``referral_account_ids`` without a withdrawal fail the task, naming them, after
-    everyone paid is in a batch. Run it with ``trigger_rule="all_done"`` after the
+    everyone paid is in a batch. ``external_order_ids`` (account to order id, as given to a
+    batch withdrawal) lets an order another run already paid — a repeated event's — settle
+    its account. Run it with ``trigger_rule="all_done"`` after the
     withdrawals, so that one account's failure does not keep everyone else out of payroll.
 
     CSV files go to ``<output_dir>/<dag_id>/payroll_<UTC time>_batch<id>.csv``; without
@@ -65,6 +67,7 @@ class ReferralPayrollOperator(BaseOperator):
 
     template_fields: Sequence[str] = (
         "referral_account_ids",
+        "external_order_ids",
         "output_dir",
         "start_trans_time",
         "end_trans_time",
@@ -78,6 +81,7 @@ class ReferralPayrollOperator(BaseOperator):
         self,
         *,
         referral_account_ids: object = None,
+        external_order_ids: object = None,
         output_dir: str | None = None,
         start_trans_time: object = None,
         end_trans_time: object = None,
@@ -90,6 +94,7 @@ class ReferralPayrollOperator(BaseOperator):
         kwargs.setdefault("outlets", [] if report else [FEISHU_HIRE_PAYROLL])
         super().__init__(**kwargs)
         self.referral_account_ids = referral_account_ids
+        self.external_order_ids = external_order_ids
         self.output_dir = output_dir
         self.start_trans_time = start_trans_time
         self.end_trans_time = end_trans_time
@@ -104,6 +109,7 @@ class ReferralPayrollOperator(BaseOperator):
             expected = (
                 [] if self.referral_account_ids is None else check_referral_account_ids(self.referral_account_ids)
             )
+            orders = check_external_order_ids(self.external_order_ids)
             window = check_trans_time_window(self.start_trans_time, self.end_trans_time)
             if self.scope not in PAYROLL_SCOPES:
                 raise ValueError(f"scope {self.scope!r} is unknown: use one of {', '.join(PAYROLL_SCOPES)}")
@@ -114,11 +120,13 @@ class ReferralPayrollOperator(BaseOperator):
                 ledger = hook.ledger
             if window:
                 return self._report(ledger, context["ti"].dag_id, window, folder)
-            return self._batch(ledger, context, expected, folder)
+            return self._batch(ledger, context, expected, orders, folder)
         finally:
             hook.close()
 
-    def _batch(self, ledger: Any, context: Context, expected: list[str], folder: Any) -> dict[str, Any]:
+    def _batch(
+        self, ledger: Any, context: Context, expected: list[str], orders: dict[str, str], folder: Any
+    ) -> dict[str, Any]:
         from airflow_provider_feishu_hire.ledger import OPEN_STATUSES, PayrollScope
         from airflow_provider_feishu_hire.operators.referral_account import task_try
         from airflow_provider_feishu_hire.payroll import completeness
@@ -134,9 +142,10 @@ class ReferralPayrollOperator(BaseOperator):
         rows = ledger.rows(dag_id=task.dag_id, run_id=task.run_id)
         # Who this run paid is its own generation's business; an unknown outcome a deleted generation
         # left is named too, since the money may have moved for this run_id.
-        check = completeness(
-            [r for r in rows if r.run_generation == task.run_generation or r.status in OPEN_STATUSES], expected
-        )
+        rows = [r for r in rows if r.run_generation == task.run_generation or r.status in OPEN_STATUSES]
+        # An order this run was given that another run sent (a repeated event, carried over) settles its account.
+        rows += [row for order in orders.values() if (row := ledger.get(order)) and row.run_id != task.run_id]
+        check = completeness(rows, expected)
         problems = self._problems(ledger, task, check)
         if not batches:
             if problems:

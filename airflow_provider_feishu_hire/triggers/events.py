@@ -57,6 +57,10 @@ memory and costs no trigger failure.
 """
 
 
+# A balance that shows nothing to withdraw (the event our own withdrawal raises) starts no DAG run.
+_EMPTY = "Event %s: referral account %s has nothing to withdraw; acknowledged, no asset event"
+
+
 class FeishuReferralAssetsTrigger(BaseEventTrigger):
     """One long connection for the app of ``feishu_hire_conn_id``; one trigger event per balance change.
 
@@ -104,6 +108,9 @@ class FeishuReferralAssetsTrigger(BaseEventTrigger):
             if update.event_id in seen:
                 self.log.info("Event %s delivered again: acknowledged, already handed to Airflow", update.event_id)
                 continue
+            if update.is_empty:
+                self.log.info(_EMPTY, update.event_id, update.referral_account_id)
+                continue
             yield TriggerEvent(update.as_payload())
             seen.add(update.event_id)
 
@@ -122,7 +129,12 @@ class FeishuReferralAssetsTrigger(BaseEventTrigger):
         from airflow.triggers.shared_stream import reject_shared_stream_event
 
         async for delivery in shared_stream:
-            if delivery.update is not None:
+            if delivery.update is not None and delivery.update.is_empty:
+                # Refused, not skipped: a skipped event resolves only when the next one comes, and the
+                # last empty one would wait unacknowledged; a refusal resolves at once, and is acknowledged.
+                reject_shared_stream_event()
+                self.log.info(_EMPTY, delivery.update.event_id, delivery.update.referral_account_id)
+            elif delivery.update is not None:
                 yield TriggerEvent(delivery.update.as_payload())
             elif delivery.problem is not None:
                 reject_shared_stream_event()  # before the next delivery is pulled: it names the current one
