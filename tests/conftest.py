@@ -51,9 +51,9 @@ def pytest_sessionfinish() -> None:
 # two processes a whole file at a time, in collection order (--dist loadfile
 # --no-loadscope-reorder): these go first, and the many quick files fill in around them, so
 # neither process is left with a long file at the end. Files not named here keep their order.
+# The Celery stack (test_distributed.py, 347 s) runs alone after them: see the Makefile.
 LONGEST_FIRST = (  # seconds per file, measured with -n 2 on a loaded machine: docs in BENCHMARKS.md
     "test_payroll_batches_dag.py",  # 353: two airflow standalone
-    "test_distributed.py",  # 347: the Celery stack
     "test_browser.py",  # 302
     "test_dags.py",  # 297: eleven `airflow dags test` runs
     "test_event_dag.py",  # 208
