@@ -71,6 +71,23 @@ _TYPES = {
     "seconds": ("REAL", "DOUBLE PRECISION"),  # wall-clock times, not money
 }
 
+CONSOLE_INDEXES = (
+    # The payouts console's pages (airflow_provider_feishu_hire/console; benchmarks/bench_console.py):
+    # newest requests first and the date filter; the status filter and "needs attention"; one account;
+    # paid per day summed from the indexes alone; an order's settlements; one DAG's reconciliations.
+    "CREATE INDEX IF NOT EXISTS feishu_hire_withdrawal_requested ON feishu_hire_withdrawal "
+    "(requested_at, external_order_id)",
+    "CREATE INDEX IF NOT EXISTS feishu_hire_withdrawal_status ON feishu_hire_withdrawal (status, requested_at)",
+    "CREATE INDEX IF NOT EXISTS feishu_hire_withdrawal_account ON feishu_hire_withdrawal "
+    "(referral_account_id, requested_at)",
+    "CREATE INDEX IF NOT EXISTS feishu_hire_withdrawal_paid_day ON feishu_hire_withdrawal "
+    "(status, trans_time, dag_id, app_id, point_bonus, external_order_id)",
+    "CREATE INDEX IF NOT EXISTS feishu_hire_withdrawal_cash_amount ON feishu_hire_withdrawal_cash "
+    "(external_order_id, currency_type, amount)",
+    "CREATE INDEX IF NOT EXISTS feishu_hire_settlement_order ON feishu_hire_settlement (external_order_id)",
+    "CREATE INDEX IF NOT EXISTS feishu_hire_reconciliation_dag ON feishu_hire_reconciliation (dag_id, id)",
+)
+
 _DDL = (
     """CREATE TABLE IF NOT EXISTS feishu_hire_ledger_schema (
         version INTEGER NOT NULL, migrated_at TEXT NOT NULL)""",
@@ -246,20 +263,7 @@ _DDL = (
         consumer TEXT NOT NULL,
         delivered_at TEXT NOT NULL,
         PRIMARY KEY (payroll_batch_id, consumer))""",
-    # The payouts console's pages (airflow_provider_feishu_hire/console; benchmarks/bench_console.py):
-    # newest requests first and the date filter; the status filter and "needs attention"; one account;
-    # paid per day summed from the indexes alone; an order's settlements; one DAG's reconciliations.
-    "CREATE INDEX IF NOT EXISTS feishu_hire_withdrawal_requested ON feishu_hire_withdrawal "
-    "(requested_at, external_order_id)",
-    "CREATE INDEX IF NOT EXISTS feishu_hire_withdrawal_status ON feishu_hire_withdrawal (status, requested_at)",
-    "CREATE INDEX IF NOT EXISTS feishu_hire_withdrawal_account ON feishu_hire_withdrawal "
-    "(referral_account_id, requested_at)",
-    "CREATE INDEX IF NOT EXISTS feishu_hire_withdrawal_paid_day ON feishu_hire_withdrawal "
-    "(status, trans_time, dag_id, app_id, point_bonus, external_order_id)",
-    "CREATE INDEX IF NOT EXISTS feishu_hire_withdrawal_cash_amount ON feishu_hire_withdrawal_cash "
-    "(external_order_id, currency_type, amount)",
-    "CREATE INDEX IF NOT EXISTS feishu_hire_settlement_order ON feishu_hire_settlement (external_order_id)",
-    "CREATE INDEX IF NOT EXISTS feishu_hire_reconciliation_dag ON feishu_hire_reconciliation (dag_id, id)",
+    *CONSOLE_INDEXES,
 )
 # Columns that schema 3 added to tables of schemas 1 and 2 (the DDL above has them for new ledgers).
 _ADDED_COLUMNS = (

@@ -31,29 +31,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from airflow_provider_feishu_hire.console import queries
-from airflow_provider_feishu_hire.ledger import Ledger
+from airflow_provider_feishu_hire.ledger import CONSOLE_INDEXES, Ledger
 from airflow_provider_feishu_hire.payroll import payroll_rows
 
-# The indexes the console's queries need beyond the ledger's own (which serve the operators).
-INDEXES = (
-    # the withdrawals list: newest first, and the date filter (requested_at)
-    "CREATE INDEX IF NOT EXISTS feishu_hire_withdrawal_requested ON feishu_hire_withdrawal "
-    "(requested_at, external_order_id)",
-    # needs attention (review / sending / needs_approval / rejected rows) and the status filter, newest first
-    "CREATE INDEX IF NOT EXISTS feishu_hire_withdrawal_status ON feishu_hire_withdrawal (status, requested_at)",
-    # the account filter
-    "CREATE INDEX IF NOT EXISTS feishu_hire_withdrawal_account ON feishu_hire_withdrawal "
-    "(referral_account_id, requested_at)",
-    # paid per day: paid rows of a trans_time window, summed from the indexes alone (points here, cash below)
-    "CREATE INDEX IF NOT EXISTS feishu_hire_withdrawal_paid_day ON feishu_hire_withdrawal "
-    "(status, trans_time, dag_id, app_id, point_bonus, external_order_id)",
-    "CREATE INDEX IF NOT EXISTS feishu_hire_withdrawal_cash_amount ON feishu_hire_withdrawal_cash "
-    "(external_order_id, currency_type, amount)",
-    # settlements waiting for a second person, and an order's settlements
-    "CREATE INDEX IF NOT EXISTS feishu_hire_settlement_order ON feishu_hire_settlement (external_order_id)",
-    # reconciliations of one DAG, newest first
-    "CREATE INDEX IF NOT EXISTS feishu_hire_reconciliation_dag ON feishu_hire_reconciliation (dag_id, id)",
-)
+# The console's indexes, as the ledger creates them: dropped for the first measurement, then made again.
+INDEXES = CONSOLE_INDEXES
 DAGS = [f"payroll_dag_{i:02d}" for i in range(20)]
 START = datetime(2025, 12, 1, tzinfo=timezone.utc)
 
