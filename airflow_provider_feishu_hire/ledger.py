@@ -1092,31 +1092,32 @@ class Ledger:
             return self._take_lease(cur, task, first=True)
 
     def _take_lease(self, cur: _Cursor, task: TaskTry, *, first: bool) -> Lease:
-        """Take the lease for a newer try; ``first`` also takes a lease nobody holds yet."""
-        holder = self._lease(cur, task, lock=True)
-        if holder is None and not first:
-            return Lease(task.try_number, task.run_generation, held=True)  # a caller that takes no lease
-        if holder is None or _newer(task, holder):
+        """Take the lease for a newer try; ``first`` also takes a lease nobody holds yet.
+
+        The row is inserted first (two tries starting at once both may; one insert wins),
+        then locked and compared, so concurrent takers never race on the primary key.
+        """
+        key = (task.dag_id, task.run_id, task.task_id, task.map_index)
+        if first:
             cur.execute(
-                "DELETE FROM feishu_hire_task_lease WHERE dag_id = ? AND run_id = ? AND task_id = ? AND map_index = ?",
-                (task.dag_id, task.run_id, task.task_id, task.map_index),
+                "INSERT INTO feishu_hire_task_lease (dag_id, run_id, task_id, map_index, try_number, taken_at, ti_id, "
+                "run_generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (dag_id, run_id, task_id, map_index) DO NOTHING",
+                (*key, task.try_number, _now(), task.ti_id, task.run_generation),
             )
+        holder = self._lease(cur, task, lock=True)
+        if holder is None:
+            return Lease(task.try_number, task.run_generation, held=True)  # a caller that takes no lease
+        if _same_try(task, holder):
+            return Lease(task.try_number, task.run_generation, held=True)
+        if _newer(task, holder):
             cur.execute(
-                "INSERT INTO feishu_hire_task_lease (dag_id, run_id, task_id, map_index, try_number, taken_at, "
-                "ti_id, run_generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    task.dag_id,
-                    task.run_id,
-                    task.task_id,
-                    task.map_index,
-                    task.try_number,
-                    _now(),
-                    task.ti_id,
-                    task.run_generation,
-                ),
+                "UPDATE feishu_hire_task_lease SET try_number = ?, taken_at = ?, ti_id = ?, run_generation = ? "
+                "WHERE dag_id = ? AND run_id = ? AND task_id = ? AND map_index = ?",
+                (task.try_number, _now(), task.ti_id, task.run_generation, *key),
             )
             return Lease(task.try_number, task.run_generation, held=True)
-        return Lease(holder.try_number, holder.run_generation, held=_same_try(task, holder))
+        return Lease(holder.try_number, holder.run_generation, held=False)
 
     def lease(self, task: TaskTry) -> Lease:
         """Who holds ``task``'s lease now (``held`` when ``task`` does, or nobody took one)."""

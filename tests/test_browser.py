@@ -143,7 +143,8 @@ def api(airflow: LocalAirflow, path: str, body: dict[str, Any] | None = None) ->
             with urllib.request.urlopen(request, timeout=20) as answer:
                 return json.loads(answer.read())
         except (TimeoutError, urllib.error.URLError) as exc:
-            if isinstance(exc, urllib.error.HTTPError):
+            # A read answered 500 (the api-server's SQLite was busy) is asked again; any other refusal stands.
+            if isinstance(exc, urllib.error.HTTPError) and not (exc.code == 500 and body is None):
                 raise
             time.sleep(2)
     raise AssertionError(f"Airflow's API did not answer {path}")

@@ -132,7 +132,7 @@ def test_account_assets_report_the_balance(client: FeishuClient) -> None:
     ("args", "field"),
     [
         (("70/../x", [1], "1"), "referral_account_id"),
-        (("7001 ", [1], "1"), "referral_account_id"),
+        (("70 01", [1], "1"), "referral_account_id"),  # surrounding white space is trimmed, not inner
         (("", [1], "1"), "referral_account_id"),
         ((RICH, [], "1"), "withdraw_bonus_type"),
         ((RICH, ["stock"], "1"), "withdraw_bonus_type"),

@@ -413,10 +413,13 @@ def test_a_dag_registers_waits_pays_deactivates_and_reconciles(
         done = run(runner, sandbox, "feishu_account_lifecycle", conf, **env)
         assert done.returncode == 0, failed(runner, done)
         state = sandbox.state()
+        # The ledger keys a store app's records by its customer tenant too.
+        app = sandbox.app_id if app_type == "custom" else f"{sandbox.app_id}@{DEFAULT_TENANT_KEY}"
         with sqlite_ledger(ledger_file) as ledger:
-            ids = [ledger.registered_account(sandbox.app_id, email) for email in emails]
+            ids = [ledger.registered_account(app, email) for email in emails]
+            assert None not in ids
             assert_paid_exactly_once(ledger, sandbox)
-            (reconciled,) = ledger.reconciliations(sandbox.app_id)
+            (reconciled,) = ledger.reconciliations(app)
         assert sorted(e["referral_account_id"] for e in state["ledger"]) == sorted(ids)  # each paid once
         assert [state["accounts"][i]["status"] for i in ids] == [1, 2]  # the leaver deactivated
         assert reconciled.mismatches == () and sandbox.requests["reconciliation"] == 1
