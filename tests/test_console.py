@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import csv
 import io
-import sqlite3
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,7 +33,6 @@ from airflow_provider_feishu_hire.ledger import (
 )
 from airflow_provider_feishu_hire.payroll import COLUMNS
 from airflow_provider_feishu_hire.withdrawal import Withdrawal
-from tests.conftest import PostgresServer, postgres_ledger_connection
 
 PAYDAY = "payday"
 OTHER = "other_dag"
@@ -79,16 +75,10 @@ def unreadable(ledger: Ledger, order: str, account: str, *, dag: str = PAYDAY, r
     ledger.record_unreadable(claim, '{"withdrawal_details": {"point_bonus": null}}', "point_bonus is null")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    """A ledger on each supported database, with a payday's rows: paid, in review, batched, reconciled."""
-    if request.param == "sqlite":
-        path = tmp_path / "ledger.db"
-        made = Ledger(lambda: sqlite3.connect(path, check_same_thread=False, isolation_level=None), "sqlite")
-    else:
-        server: PostgresServer = request.getfixturevalue("postgres")
-        made = Ledger(postgres_ledger_connection(server.new_database()), "postgresql")
-    made.migrate()
+@pytest.fixture
+def ledger(ledger: Ledger) -> Ledger:
+    """conftest's empty ledger (SQLite and PostgreSQL), with a payday's rows: paid, in review, batched, reconciled."""
+    made = ledger
     pay(made, "1001", "7001", points=10, cash={"CNY": "100.10"})
     pay(made, "1002", "7002", points=5, cash={"CNY": "0.905", "USD": "2.50"}, at=T0 + 3_600_000)
     pay(made, "1003", "7003", points=7, cash={"CNY": "1.00"}, at=T0 + DAY)
@@ -99,10 +89,7 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
         Reconciliation("cli_app", T0, T0 + DAY, {"7001": 10}, (Mismatch("7001", 10, 15),)),
         dag_id=PAYDAY, run_id="run1", task_id="reconcile",
     )  # fmt: skip
-    try:
-        yield made
-    finally:
-        made.close()
+    return made
 
 
 @pytest.fixture
