@@ -124,7 +124,17 @@ def clients(ledger: Ledger, auth: FakeAuth) -> Clients:
     app.dependency_overrides[console.get_user] = user
     app.dependency_overrides[console.get_auth_manager] = lambda: auth
     app.dependency_overrides[console.get_ledger] = lambda: ledger
+    app.dependency_overrides[console.get_asset_event_finder] = lambda: announced
     return made
+
+
+def announced(batches: Any) -> dict[int, list[dict[str, Any]]]:
+    """Airflow's asset events, as if the export of PAYDAY's run1 had announced batch 1 once."""
+    return {
+        b["id"]: [{"id": 7, "asset_name": "feishu_hire_payroll", "payroll_batch_ids": [1], "asset_url": "/assets/3"}]
+        for b in batches
+        if b["id"] == 1
+    }
 
 
 def test_no_login_is_401_on_every_endpoint(clients: Clients) -> None:
@@ -352,3 +362,141 @@ def test_a_ledger_that_cannot_open_is_a_503_naming_no_detail(monkeypatch: pytest
         console.get_ledger()
     assert raised.value.status_code == 503 and "s3cr3t" not in str(raised.value.detail)
     assert console._ledger is None  # tried again on the next request
+
+
+# -- every endpoint: who may not, and what it refuses ----------------------------------------------------
+
+PAYDAY_SETTLEMENT = {"paid": False, "evidence": "Feishu shows no withdrawal of this order"}
+
+
+def test_a_user_who_may_read_nothing_sees_nothing_and_may_do_nothing(clients: Clients, ledger: Ledger) -> None:
+    """Lists answer empty (the user may use the console, there is just nothing of theirs); anything named is 403."""
+    proposal = ledger.propose_settlement("1004", paid=False, evidence="nothing moved", proposed_by="alice")
+    outsider = clients.as_("outsider")
+    assert outsider.get("/api/me").json() == {"name": "outsider", "readable_dags": []}
+    for path, key in (("withdrawals", "withdrawals"), ("payroll-batches", "payroll_batches"),
+                      ("reconciliations", "reconciliations")):  # fmt: skip
+        assert outsider.get(f"/api/{path}").json()[key] == [], path
+    attention = outsider.get("/api/needs-attention").json()
+    assert all(attention[k]["rows"] == [] for k in ("review", "stuck_sending", "needs_approval", "rejected"))
+    assert attention["pending_settlements"]["rows"] == []
+    assert (
+        outsider.get("/api/paid-per-day", params={"date_from": "2026-11-30", "date_to": "2026-12-01"}).json()["days"]
+        == []
+    )
+    for path in ("withdrawals/1004", "payroll-batches/1", "payroll-batches/1/csv", f"withdrawals?dag_id={PAYDAY}",
+                 f"payroll-batches?dag_id={PAYDAY}", f"reconciliations?dag_id={PAYDAY}",
+                 f"paid-per-day?dag_id={PAYDAY}"):  # fmt: skip
+        assert outsider.get(f"/api/{path}").status_code == 403, path
+    assert outsider.post("/api/withdrawals/1004/settlements", json=PAYDAY_SETTLEMENT).status_code == 403
+    assert outsider.post(f"/api/settlements/{proposal.id}/confirm", json={}).status_code == 403
+    assert ledger.settlements("1004")[0].confirmed_by is None
+
+
+def test_a_viewer_may_read_one_dag_but_not_another_nor_act(clients: Clients, ledger: Ledger) -> None:
+    viewer = clients.as_("viewer")
+    for path in (f"reconciliations?dag_id={OTHER}", f"paid-per-day?dag_id={OTHER}", "withdrawals/2001"):
+        assert viewer.get(f"/api/{path}").status_code == 403, path
+    assert viewer.get(f"/api/reconciliations?dag_id={PAYDAY}").status_code == 200
+    assert viewer.post("/api/withdrawals/2001/settlements", json=PAYDAY_SETTLEMENT).status_code == 403
+    proposal = ledger.propose_settlement("1004", paid=False, evidence="nothing moved", proposed_by="alice")
+    assert viewer.post(f"/api/settlements/{proposal.id}/confirm", json={}).status_code == 403
+    assert ledger.get("1004").status == REVIEW
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("payroll-batches?limit=0", 422),
+        ("payroll-batches?offset=-1", 422),
+        ("payroll-batches/0", 422),
+        ("payroll-batches/one", 422),
+        ("payroll-batches/-1/csv", 422),
+        ("reconciliations?only_mismatched=perhaps", 422),
+        ("reconciliations?limit=501", 422),
+        ("paid-per-day?date_from=30.11.2026", 422),
+        ("paid-per-day?date_to=2026-02-30", 422),
+        ("paid-per-day?date_from=2026-01-01&date_to=2026-04-03", 422),  # 93 days: 92 is the most
+        ("needs-attention?limit=0", 422),
+        ("withdrawals?date_to=tomorrow", 422),
+        ("withdrawals?payroll_batch_id=0", 422),
+        ("withdrawals/" + "9" * 65, 422),
+        ("withdrawals/no-such-order", 404),
+        ("payroll-batches/424242/csv", 404),
+    ],
+)
+def test_refused_reads(clients: Clients, path: str, status: int) -> None:
+    assert clients.as_("alice").get(f"/api/{path}").status_code == status
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"evidence": "no outcome given"},
+        {"paid": "yes", "evidence": "a string is not a yes"},
+        {"paid": False},
+        {"paid": False, "evidence": ""},
+        {"paid": False, "evidence": "x" * 4001},
+        {"paid": True, "evidence": "negative time", "trans_time": -1, "point_bonus": 1},
+        {"paid": True, "evidence": "negative points", "trans_time": T0, "point_bonus": -5},
+        {"paid": False, "evidence": "who asked", "proposed_by": "bob"},  # the user is Airflow's, never the body's
+        {"paid": True, "evidence": "too many", "trans_time": T0, "cash_bonus": {f"C{i:02d}": "1" for i in range(21)}},
+    ],
+)
+def test_refused_proposals(clients: Clients, ledger: Ledger, body: dict[str, Any]) -> None:
+    assert clients.as_("alice").post("/api/withdrawals/1004/settlements", json=body).status_code == 422
+    assert ledger.settlements("1004") == []
+
+
+def test_refused_confirmations(clients: Clients, ledger: Ledger) -> None:
+    """Unknown ids, a body with anything in it, one's own proposal, and one confirmed already."""
+    proposal = ledger.propose_settlement("1004", paid=False, evidence="nothing moved", proposed_by="alice")
+    bob = clients.as_("bob")
+    assert bob.post("/api/settlements/0/confirm", json={}).status_code == 422
+    assert bob.post("/api/settlements/abc/confirm", json={}).status_code == 422
+    assert bob.post(f"/api/settlements/{proposal.id}/confirm", json={"confirmed_by": "carol"}).status_code == 422
+    refused = clients.as_("alice").post(f"/api/settlements/{proposal.id}/confirm", json={})
+    assert refused.status_code == 403 and "another person" in refused.json()["detail"]
+    assert ledger.settlements("1004")[0].confirmed_by is None
+    assert bob.post(f"/api/settlements/{proposal.id}/confirm", json={}).status_code == 200
+    assert clients.as_("alice").post(f"/api/settlements/{proposal.id}/confirm", json={}).status_code in (403, 409)
+    assert (ledger.settlements("1004")[0].proposed_by, ledger.settlements("1004")[0].confirmed_by) == ("alice", "bob")
+
+
+def test_each_batch_names_the_asset_event_that_carried_it(clients: Clients, ledger: Ledger) -> None:
+    (batch,) = clients.as_("alice").get("/api/payroll-batches").json()["payroll_batches"]
+    assert [e["id"] for e in batch["asset_events"]] == [7]
+    assert batch["export_url"] == "/dags/payday/runs/run1/tasks/export"
+    assert clients.as_("alice").get("/api/payroll-batches/1").json()["asset_events"][0]["asset_url"] == "/assets/3"
+    pay(ledger, "1006", "7006", points=3)
+    made = ledger.make_payroll_batch(PayrollScope("run", dag_id=PAYDAY, run_id="run1"), TaskTry(PAYDAY, "run1", "e"))
+    assert made is not None
+    assert clients.as_("alice").get(f"/api/payroll-batches/{made.id}").json()["asset_events"] == []  # not announced
+
+
+def test_the_chart_sums_again_a_day_that_gained_a_payment(clients: Clients, ledger: Ledger) -> None:
+    """The chart keeps each day's cash with its count of paid withdrawals: a new payment, or a settlement paid
+    on a day already shown, changes the count, and that day is summed again."""
+    params = {"date_from": "2026-11-29", "date_to": "2026-12-02"}
+    alice = clients.as_("alice")
+    before = alice.get("/api/paid-per-day", params=params).json()
+    assert before["totals"]["cash_bonus"] == {"CNY": "1101.995", "USD": "2.50"}
+    pay(ledger, "1007", "7007", points=1, cash={"CNY": "0.005"}, at=T0 + 60_000)
+    proposal = ledger.propose_settlement(
+        "1004",
+        paid=True,
+        evidence="Feishu: 2 points, 1.10 USD",
+        proposed_by="a",
+        trans_time=T0 + DAY,
+        point_bonus=2,
+        cash_bonus={"USD": Decimal("1.10")},
+    )
+    ledger.confirm_settlement(proposal.id, "b")
+    after = alice.get("/api/paid-per-day", params=params).json()
+    assert after["days"] == [
+        {"day": "2026-11-30", "withdrawals": 4, "point_bonus": 1016, "cash_bonus": {"CNY": "1101.000", "USD": "2.50"}},
+        {"day": "2026-12-01", "withdrawals": 2, "point_bonus": 9, "cash_bonus": {"CNY": "1.00", "USD": "1.10"}},
+    ]
+    assert after["totals"] == {"withdrawals": 6, "point_bonus": 1025, "cash_bonus": {"CNY": "1102.000", "USD": "3.60"}}
+    # Another user's view (other DAGs readable) is kept apart from alice's.
+    assert clients.as_("viewer").get("/api/paid-per-day", params=params).json()["totals"]["point_bonus"] == 25

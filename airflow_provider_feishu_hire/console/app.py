@@ -17,6 +17,7 @@ import io
 import logging
 import re
 import threading
+from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -143,6 +144,88 @@ def _with_links(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _blank(value: str | None) -> str | None:
     return value if value else None
+
+
+# -- the asset events that announced a batch (Airflow's metadata database, not the ledger) ---------
+
+EventFinder = Callable[[Sequence[dict[str, Any]]], dict[int, list[dict[str, Any]]]]
+
+
+def airflow_asset_events(batches: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """Per batch id, the Airflow asset events that carried it, oldest first.
+
+    The export announces its batches on its outlet (``feishu_hire_payroll`` unless the DAG
+    chose others) with ``payroll_batch_ids`` in the event's extra; a cleared export announces
+    again every batch that task made. So an event carried a batch when it was emitted by the
+    task that made the batch (same DAG, run and task) and its extra lists the batch's id. An
+    export that failed emitted nothing: its batches have no event until its next success.
+    """
+    if not batches:
+        return {}
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    query = (
+        select(
+            AssetEvent.id, AssetEvent.asset_id, AssetEvent.extra, AssetEvent.source_dag_id, AssetEvent.source_run_id,
+            AssetEvent.source_task_id, AssetEvent.source_map_index, AssetEvent.timestamp, AssetModel.name,
+            AssetModel.uri,
+        )
+        .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+        .where(
+            AssetEvent.source_dag_id.in_(sorted({b["dag_id"] for b in batches})),
+            AssetEvent.source_run_id.in_(sorted({b["run_id"] for b in batches})),
+            AssetEvent.source_task_id.in_(sorted({b["task_id"] for b in batches})),
+        )
+        .order_by(AssetEvent.timestamp, AssetEvent.id)
+    )  # fmt: skip
+    with create_session() as session:
+        events = session.execute(query).all()
+    found: dict[int, list[dict[str, Any]]] = {}
+    for event_id, asset_id, extra, dag_id, run_id, task_id, map_index, when, name, uri in events:
+        ids = extra.get("payroll_batch_ids") if isinstance(extra, dict) else None
+        if not isinstance(ids, list):
+            continue
+        for batch in batches:
+            if batch["id"] in ids and (batch["dag_id"], batch["run_id"], batch["task_id"]) == (dag_id, run_id, task_id):
+                found.setdefault(batch["id"], []).append(
+                    _event_json(event_id, asset_id, name, uri, when, dag_id, run_id, task_id, map_index, ids)
+                )
+    return found
+
+
+def _event_json(
+    event_id: int, asset_id: int, name: str, uri: str, when: Any, dag_id: str, run_id: str, task_id: str,
+    map_index: int | None, ids: list[Any],
+) -> dict[str, Any]:  # fmt: skip
+    task = {"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "map_index": -1 if map_index is None else map_index}
+    return {
+        "id": int(event_id),
+        "asset_id": int(asset_id),
+        "asset_name": name,
+        "asset_uri": uri,
+        "timestamp": when.isoformat() if hasattr(when, "isoformat") else str(when),
+        "payroll_batch_ids": [int(i) for i in ids if isinstance(i, int)],
+        "asset_url": f"/assets/{int(asset_id)}",
+        "task_events_url": _task_url(task) + "/asset_events",
+        "run_url": "/dags/{}/runs/{}".format(*(quote(str(v), safe="") for v in (dag_id, run_id))),
+    }
+
+
+def get_asset_event_finder() -> EventFinder:
+    return airflow_asset_events
+
+
+EventsDep = Annotated[EventFinder, Depends(get_asset_event_finder)]
+
+
+def _with_events(batches: list[dict[str, Any]], find: EventFinder) -> list[dict[str, Any]]:
+    events = find(batches)
+    for batch in batches:
+        batch["asset_events"] = events.get(batch["id"], [])
+        batch["export_url"] = _task_url(batch)
+    return batches
 
 
 # -- the request bodies ----------------------------------------------------------------------------
@@ -313,12 +396,18 @@ def create_app() -> FastAPI:
 
     @app.get("/api/payroll-batches")
     def batches(
-        user: User, auth: AuthManager, ledger: LedgerDep, dag_id: Text = None, limit: Limit = 50, offset: Offset = 0
+        user: User,
+        auth: AuthManager,
+        ledger: LedgerDep,
+        find_events: EventsDep,
+        dag_id: Text = None,
+        limit: Limit = 50,
+        offset: Offset = 0,
     ) -> dict[str, Any]:
         dag_id = _blank(dag_id)
         readable = _scope(user, auth, dag_id)
         found, more = queries.payroll_batches(ledger, readable, dag_id=dag_id, limit=limit, offset=offset)
-        return {"payroll_batches": found, "limit": limit, "offset": offset, "more": more}
+        return {"payroll_batches": _with_events(found, find_events), "limit": limit, "offset": offset, "more": more}
 
     def _readable_batch(user: Any, auth: Any, ledger: Ledger, batch_id: int) -> dict[str, Any]:
         found = queries.payroll_batch(ledger, batch_id)
@@ -335,11 +424,12 @@ def create_app() -> FastAPI:
         user: User,
         auth: AuthManager,
         ledger: LedgerDep,
+        find_events: EventsDep,
         batch_id: Annotated[int, PathParam(ge=1)],
         limit: Limit = MAX_PAGE,
         offset: Offset = 0,
     ) -> dict[str, Any]:
-        batch = _readable_batch(user, auth, ledger, batch_id)
+        batch = _with_events([_readable_batch(user, auth, ledger, batch_id)], find_events)[0]
         members, more = queries.withdrawals(
             ledger, queries.WithdrawalFilter(payroll_batch_id=batch_id), readable_dags(user, auth), limit=limit,
             offset=offset,

@@ -10,6 +10,9 @@ own scale (``"12.50"`` is 1250 at scale 2) and Python joins the scales exactly.
 from __future__ import annotations
 
 import json
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -30,7 +33,7 @@ from airflow_provider_feishu_hire.withdrawal import format_money, trans_time_iso
 
 STATUSES = (SKIPPED, SENDING, PAID, REJECTED, REVIEW, NEEDS_APPROVAL)
 DAY_MS = 86_400_000
-MAX_DAYS = 92  # the chart's longest period: a quarter (a year of a 1,000,000-row ledger takes seconds, see the bench)
+MAX_DAYS = 92  # the chart's longest period: a quarter (see benchmarks/bench_console.py)
 
 _ROW_COLUMNS = (
     "w.external_order_id, w.referral_account_id, w.status, w.app_id, w.dag_id, w.run_id, w.task_id, w.map_index, "
@@ -297,6 +300,75 @@ def reconciliations(
     return out, more
 
 
+class _CashByDay:
+    """Each day's cash totals, as last summed, with the number of paid withdrawals they were summed over.
+
+    A paid withdrawal is final: it is never deleted, its ``trans_time`` and amounts never
+    change, and no row leaves ``paid``. So the set of paid withdrawals of a day (under fixed
+    filters) only grows, and a day whose count is what it was when its cash was summed has
+    the same cash. ``paid_per_day`` counts every day in the query it needs for the points
+    anyway, and sums cash (the join with the cash table, most of the chart's time on a big
+    ledger) only for days whose count changed: on a payday, today. Kept per ledger object and
+    per filter (the DAGs a user may read, the DAG and app asked for), for at most
+    :data:`_CACHE_KEYS` filters; a process's cache only ever misses, never answers stale.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_ledger: weakref.WeakKeyDictionary[Ledger, OrderedDict[Any, dict[int, tuple[int, dict[str, Decimal]]]]]
+        self._by_ledger = weakref.WeakKeyDictionary()
+
+    def get(self, ledger: Ledger, key: Any) -> dict[int, tuple[int, dict[str, Decimal]]]:
+        with self._lock:
+            filters = self._by_ledger.setdefault(ledger, OrderedDict())
+            days = filters.pop(key, {})
+            filters[key] = days  # the most recently used last
+            while len(filters) > _CACHE_KEYS:
+                filters.popitem(last=False)
+            return dict(days)
+
+    def put(self, ledger: Ledger, key: Any, days: dict[int, tuple[int, dict[str, Decimal]]]) -> None:
+        with self._lock:
+            filters = self._by_ledger.setdefault(ledger, OrderedDict())
+            filters[key] = days
+            while len(filters) > _CACHE_KEYS:
+                filters.popitem(last=False)
+
+
+_CACHE_KEYS = 256
+_cash_by_day = _CashByDay()
+
+
+def _cash_per_day(
+    ledger: Ledger, cur: Any, where: str, params: list[Any], start: int, end: int
+) -> dict[int, dict[str, Decimal]]:
+    """Cash per currency per day number of paid withdrawals with ``start <= trans_time < end``, summed in SQL."""
+    where = f"{where} AND w.trans_time >= ? AND w.trans_time < ?"
+    params = [*params, start, end]
+    join = f"FROM feishu_hire_withdrawal_cash c JOIN feishu_hire_withdrawal w ON w.external_order_id = " \
+           f"c.external_order_id WHERE {where}"  # fmt: skip
+    if ledger.dialect == "postgresql":
+        cur.execute(
+            f"SELECT w.trans_time / {DAY_MS}, c.currency_type, 0, sum(c.amount) {join} "
+            f"GROUP BY w.trans_time / {DAY_MS}, c.currency_type",
+            params,
+        )
+    else:  # decimal text: add digits as integers per scale, exactly (an overflow is an error, not a rounding)
+        scale = "CASE WHEN instr(c.amount, '.') = 0 THEN 0 ELSE length(c.amount) - instr(c.amount, '.') END"
+        cur.execute(
+            f"SELECT w.trans_time / {DAY_MS}, c.currency_type, {scale}, "
+            f"sum(CAST(replace(c.amount, '.', '') AS INTEGER)) {join} "
+            f"GROUP BY w.trans_time / {DAY_MS}, c.currency_type, {scale}",
+            params,
+        )
+    days: dict[int, dict[str, Decimal]] = {}
+    for number, currency, places, total in cur.fetchall():
+        amount = _money(total) if ledger.dialect == "postgresql" else Decimal(int(total)).scaleb(-int(places))
+        cash = days.setdefault(int(number), {})
+        cash[currency] = cash.get(currency, Decimal(0)) + amount
+    return days
+
+
 def paid_per_day(
     ledger: Ledger,
     readable: Collection[str],
@@ -307,61 +379,49 @@ def paid_per_day(
     app_id: str | None = None,
 ) -> dict[str, Any]:
     """Points and cash per currency paid per UTC day of Feishu's ``trans_time`` (both days inclusive), summed in
-    SQL; and the period's totals. Days without payments are left out."""
+    SQL; and the period's totals. Days without payments are left out.
+
+    One query counts the withdrawals and sums the points per day (an index-only scan of
+    ``feishu_hire_withdrawal_paid_day``); cash is summed again only for the days whose count
+    differs from when their cash was last summed (see :class:`_CashByDay`).
+    """
     start = int(datetime(day_from.year, day_from.month, day_from.day, tzinfo=timezone.utc).timestamp() * 1000)
     end = int(datetime(day_to.year, day_to.month, day_to.day, tzinfo=timezone.utc).timestamp() * 1000) + DAY_MS
     where, params = _in("w.dag_id", readable)
-    where = f"w.status = ? AND w.trans_time >= ? AND w.trans_time < ? AND {where}"
-    params = [PAID, start, end, *params]
+    where = f"w.status = ? AND {where}"
+    params = [PAID, *params]
     for column, value in (("w.dag_id", dag_id), ("w.app_id", app_id)):
         if value is not None:
             where, params = f"{where} AND {column} = ?", [*params, value]
-    days: dict[int, dict[str, Any]] = {}
-
-    def day(number: int) -> dict[str, Any]:
-        return days.setdefault(number, {"withdrawals": 0, "point_bonus": 0, "cash": {}})
-
+    key = (frozenset(readable), dag_id, app_id)
+    cached = _cash_by_day.get(ledger, key)
+    counted: dict[int, tuple[int, int]] = {}
     with ledger._transaction(write=False) as cur:
         cur.execute(
             f"SELECT w.trans_time / {DAY_MS}, count(*), sum(w.point_bonus) FROM feishu_hire_withdrawal w "
-            f"WHERE {where} GROUP BY w.trans_time / {DAY_MS}",
-            params,
+            f"WHERE {where} AND w.trans_time >= ? AND w.trans_time < ? GROUP BY w.trans_time / {DAY_MS}",
+            [*params, start, end],
         )
         for number, count, points in cur.fetchall():
-            entry = day(int(number))
-            entry["withdrawals"], entry["point_bonus"] = int(count), int(points or 0)
-        join = f"FROM feishu_hire_withdrawal_cash c JOIN feishu_hire_withdrawal w ON w.external_order_id = " \
-               f"c.external_order_id WHERE {where}"  # fmt: skip
-        if ledger.dialect == "postgresql":
-            cur.execute(
-                f"SELECT w.trans_time / {DAY_MS}, c.currency_type, 0, sum(c.amount) {join} "
-                f"GROUP BY w.trans_time / {DAY_MS}, c.currency_type",
-                params,
-            )
-        else:  # decimal text: add digits as integers per scale, exactly (an overflow is an error, not a rounding)
-            scale = "CASE WHEN instr(c.amount, '.') = 0 THEN 0 ELSE length(c.amount) - instr(c.amount, '.') END"
-            cur.execute(
-                f"SELECT w.trans_time / {DAY_MS}, c.currency_type, {scale}, "
-                f"sum(CAST(replace(c.amount, '.', '') AS INTEGER)) {join} "
-                f"GROUP BY w.trans_time / {DAY_MS}, c.currency_type, {scale}",
-                params,
-            )
-        for number, currency, places, total in cur.fetchall():
-            amount = _money(total) if ledger.dialect == "postgresql" else Decimal(int(total)).scaleb(-int(places))
-            cash = day(int(number))["cash"]
-            cash[currency] = cash.get(currency, Decimal(0)) + amount
+            counted[int(number)] = (int(count), int(points or 0))
+        stale = sorted(n for n, (count, _) in counted.items() if n not in cached or cached[n][0] != count)
+        if stale:  # one query over the span of the days to sum again (on a payday: today)
+            fresh = _cash_per_day(ledger, cur, where, params, stale[0] * DAY_MS, (stale[-1] + 1) * DAY_MS)
+            for number in stale:
+                cached[number] = (counted[number][0], fresh.get(number, {}))
+    _cash_by_day.put(ledger, key, cached)
     totals: dict[str, Any] = {"withdrawals": 0, "point_bonus": 0, "cash": {}}
     out = []
-    for number in sorted(days):
-        entry = days[number]
-        totals["withdrawals"] += entry["withdrawals"]
-        totals["point_bonus"] += entry["point_bonus"]
-        for currency, amount in entry["cash"].items():
+    for number in sorted(counted):
+        count, points = counted[number]
+        cash = cached[number][1]
+        totals["withdrawals"] += count
+        totals["point_bonus"] += points
+        for currency, amount in cash.items():
             totals["cash"][currency] = totals["cash"].get(currency, Decimal(0)) + amount
         out.append({
-            "day": (date(1970, 1, 1) + timedelta(days=number)).isoformat(), "withdrawals": entry["withdrawals"],
-            "point_bonus": entry["point_bonus"],
-            "cash_bonus": {c: format_money(a) for c, a in sorted(entry["cash"].items())},
+            "day": (date(1970, 1, 1) + timedelta(days=number)).isoformat(), "withdrawals": count,
+            "point_bonus": points, "cash_bonus": {c: format_money(a) for c, a in sorted(cash.items())},
         })  # fmt: skip
     return {
         "from": day_from.isoformat(),

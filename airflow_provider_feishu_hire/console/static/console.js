@@ -177,15 +177,32 @@
       ["Batch", (b) => { const a = el("a", b.id, { href: "#" }); a.addEventListener("click", (e) => { e.preventDefault(); showBatch(b.id); }); return a; }],
       ["Created", (b) => b.created_at], ["Scope", (b) => b.scope + " " + b.scope_key], ["Accounts", (b) => b.accounts, "money"],
       ["Withdrawals", (b) => b.withdrawals, "money"], ["Points", (b) => b.point_bonus, "money"], ["Cash", (b) => cash(b.cash_bonus), "money"],
-      ["Made by", (b) => b.dag_id + " / " + b.run_id + " / " + b.task_id + " try " + b.try_number],
-      ["CSV", (b) => el("a", "download", { href: "api/payroll-batches/" + b.id + "/csv" })],
+      ["Made by", (b) => el("a", b.dag_id + " / " + b.run_id + " / " + b.task_id + " try " + b.try_number, { href: b.export_url, target: "_top" })],
+      ["Asset event", eventLinks],
+      ["CSV", (b) => el("a", "download", { href: "api/payroll-batches/" + b.id + "/csv", download: "payroll_batch" + b.id + ".csv" })],
     ], found.payroll_batches));
+  }
+  // The Airflow asset events that announced a batch; none while its export has not succeeded.
+  function eventLinks(batch) {
+    const box = el("span");
+    if (!batch.asset_events.length) { box.textContent = "not announced yet"; return box; }
+    batch.asset_events.forEach((e, i) => {
+      if (i) box.appendChild(document.createTextNode(", "));
+      box.appendChild(el("a", e.asset_name + " event " + e.id, { href: e.task_events_url, target: "_top", title: e.timestamp }));
+      box.appendChild(document.createTextNode(" ("));
+      box.appendChild(el("a", "asset", { href: e.asset_url, target: "_top" }));
+      box.appendChild(document.createTextNode(")"));
+    });
+    return box;
   }
   async function showBatch(id) {
     try {
       const batch = await api("payroll-batches/" + id);
       const box = $("batch-members");
-      box.replaceChildren(el("h3", "Batch " + batch.id + ": " + batch.withdrawals + " withdrawals"), table(WITHDRAWAL_COLUMNS, batch.members));
+      const head = el("p");
+      head.append("Announced by: ", eventLinks(batch), " · ", el("a", "download the CSV", { href: "api/payroll-batches/" + batch.id + "/csv", download: "payroll_batch" + batch.id + ".csv" }));
+      box.replaceChildren(el("h3", "Batch " + batch.id + ": " + batch.withdrawals + " withdrawals, " + batch.point_bonus + " points" + (Object.keys(batch.cash_bonus).length ? ", " + cash(batch.cash_bonus) : "")), head, table(WITHDRAWAL_COLUMNS, batch.members));
+      box.scrollIntoView();
     } catch (e) { showError(e.message); }
   }
   async function loadReconciliations() {
