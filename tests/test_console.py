@@ -500,3 +500,17 @@ def test_the_chart_sums_again_a_day_that_gained_a_payment(clients: Clients, ledg
     assert after["totals"] == {"withdrawals": 6, "point_bonus": 1025, "cash_bonus": {"CNY": "1102.000", "USD": "3.60"}}
     # Another user's view (other DAGs readable) is kept apart from alice's.
     assert clients.as_("viewer").get("/api/paid-per-day", params=params).json()["totals"]["point_bonus"] == 25
+
+
+def test_a_runs_withdrawals_come_with_its_totals(clients: Clients) -> None:
+    found = clients.as_("alice").get("/api/withdrawals", params={"dag_id": PAYDAY, "run_id": "run1"}).json()
+    assert found["totals"] == {
+        "withdrawals": 4,
+        "statuses": {"paid": 3, "review": 1},
+        "paid_point_bonus": 22,
+        "paid_cash_bonus": {"CNY": "102.005", "USD": "2.50"},
+    }
+    assert clients.as_("alice").get("/api/withdrawals").json()["totals"] is None  # every row: no sum of a million
+    assert clients.as_("outsider").get("/api/withdrawals", params={"run_id": "run1"}).json()["totals"] == {
+        "withdrawals": 0, "statuses": {}, "paid_point_bonus": 0, "paid_cash_bonus": {}
+    }  # fmt: skip

@@ -307,7 +307,9 @@ def create_app() -> FastAPI:
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         rows, more = queries.withdrawals(ledger, flt, readable, limit=limit, offset=offset)
-        return {"withdrawals": _with_links(rows), "limit": limit, "offset": offset, "more": more}
+        # A run's totals, beside its rows: one run's rows are few and indexed (dag_id, run_id); all rows are not.
+        summed = queries.totals(ledger, flt, readable) if flt.run_id is not None else None
+        return {"withdrawals": _with_links(rows), "limit": limit, "offset": offset, "more": more, "totals": summed}
 
     @app.get("/api/needs-attention")
     def needs_attention(user: User, auth: AuthManager, ledger: LedgerDep, limit: Limit = 100) -> dict[str, Any]:

@@ -339,34 +339,60 @@ _CACHE_KEYS = 256
 _cash_by_day = _CashByDay()
 
 
+def _cash_sums(
+    ledger: Ledger, cur: Any, where: str, params: list[Any], group: str | None
+) -> dict[int, dict[str, Decimal]]:
+    """Cash per currency of the withdrawals ``w`` matching ``where``, per value of the integer SQL expression
+    ``group`` (all under 0 without one), summed exactly in SQL."""
+    key, by = (group, f"{group}, ") if group else ("0", "")
+    join = f"FROM feishu_hire_withdrawal_cash c JOIN feishu_hire_withdrawal w ON w.external_order_id = " \
+           f"c.external_order_id WHERE {where}"  # fmt: skip
+    if ledger.dialect == "postgresql":
+        cur.execute(f"SELECT {key}, c.currency_type, 0, sum(c.amount) {join} GROUP BY {by}c.currency_type", params)
+    else:  # decimal text: add digits as integers per scale, exactly (an overflow is an error, not a rounding)
+        scale = "CASE WHEN instr(c.amount, '.') = 0 THEN 0 ELSE length(c.amount) - instr(c.amount, '.') END"
+        cur.execute(
+            f"SELECT {key}, c.currency_type, {scale}, sum(CAST(replace(c.amount, '.', '') AS INTEGER)) {join} "
+            f"GROUP BY {by}c.currency_type, {scale}",
+            params,
+        )
+    sums: dict[int, dict[str, Decimal]] = {}
+    for number, currency, places, total in cur.fetchall():
+        amount = _money(total) if ledger.dialect == "postgresql" else Decimal(int(total)).scaleb(-int(places))
+        cash = sums.setdefault(int(number), {})
+        cash[currency] = cash.get(currency, Decimal(0)) + amount
+    return sums
+
+
 def _cash_per_day(
     ledger: Ledger, cur: Any, where: str, params: list[Any], start: int, end: int
 ) -> dict[int, dict[str, Decimal]]:
     """Cash per currency per day number of paid withdrawals with ``start <= trans_time < end``, summed in SQL."""
     where = f"{where} AND w.trans_time >= ? AND w.trans_time < ?"
-    params = [*params, start, end]
-    join = f"FROM feishu_hire_withdrawal_cash c JOIN feishu_hire_withdrawal w ON w.external_order_id = " \
-           f"c.external_order_id WHERE {where}"  # fmt: skip
-    if ledger.dialect == "postgresql":
+    return _cash_sums(ledger, cur, where, [*params, start, end], f"w.trans_time / {DAY_MS}")
+
+
+def totals(ledger: Ledger, flt: WithdrawalFilter, readable: Collection[str]) -> dict[str, Any]:
+    """What the withdrawals a filter selects add up to: how many in each status, and the points and cash paid.
+
+    Only for a narrow filter (the console asks with a run): it reads every row selected."""
+    where, params = _where(flt, readable)
+    with ledger._transaction(write=False) as cur:
         cur.execute(
-            f"SELECT w.trans_time / {DAY_MS}, c.currency_type, 0, sum(c.amount) {join} "
-            f"GROUP BY w.trans_time / {DAY_MS}, c.currency_type",
+            f"SELECT w.status, count(*), sum(w.point_bonus) FROM feishu_hire_withdrawal w WHERE {where} "
+            "GROUP BY w.status",
             params,
         )
-    else:  # decimal text: add digits as integers per scale, exactly (an overflow is an error, not a rounding)
-        scale = "CASE WHEN instr(c.amount, '.') = 0 THEN 0 ELSE length(c.amount) - instr(c.amount, '.') END"
-        cur.execute(
-            f"SELECT w.trans_time / {DAY_MS}, c.currency_type, {scale}, "
-            f"sum(CAST(replace(c.amount, '.', '') AS INTEGER)) {join} "
-            f"GROUP BY w.trans_time / {DAY_MS}, c.currency_type, {scale}",
-            params,
-        )
-    days: dict[int, dict[str, Decimal]] = {}
-    for number, currency, places, total in cur.fetchall():
-        amount = _money(total) if ledger.dialect == "postgresql" else Decimal(int(total)).scaleb(-int(places))
-        cash = days.setdefault(int(number), {})
-        cash[currency] = cash.get(currency, Decimal(0)) + amount
-    return days
+        found = cur.fetchall()
+        cash = _cash_sums(ledger, cur, f"{where} AND w.status = ?", [*params, PAID], None).get(0, {})
+    statuses = {status: int(count) for status, count, _ in found}
+    points = sum(int(p or 0) for status, _, p in found if status == PAID)
+    return {
+        "withdrawals": sum(statuses.values()),
+        "statuses": dict(sorted(statuses.items())),
+        "paid_point_bonus": points,
+        "paid_cash_bonus": {c: format_money(a) for c, a in sorted(cash.items())},
+    }
 
 
 def paid_per_day(

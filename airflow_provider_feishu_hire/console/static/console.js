@@ -81,6 +81,10 @@
     const found = await api("withdrawals?" + params);
     const box = $("withdrawals");
     box.replaceChildren(table(WITHDRAWAL_COLUMNS, found.withdrawals));
+    const t = found.totals;
+    $("withdrawal-totals").textContent = t ? "Run " + params.get("run_id") + ": " + t.withdrawals + " withdrawals (" +
+      Object.entries(t.statuses).map(([s, n]) => n + " " + s).join(", ") + "); paid " + t.paid_point_bonus + " points" +
+      (Object.keys(t.paid_cash_bonus).length ? ", " + cash(t.paid_cash_bonus) : "") : "";
     $("prev").disabled = offset === 0;
     $("next").disabled = !found.more;
   }
