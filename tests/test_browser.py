@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import shutil
 import sys
 import time
 import urllib.error
@@ -22,7 +20,6 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,12 +27,11 @@ import pytest
 from airflow_provider_feishu_hire.balance import parse_account_assets
 from airflow_provider_feishu_hire.client import FeishuClient
 from airflow_provider_feishu_hire.sandbox import DEFAULT_APP_SECRET, demo_accounts
+from tests.browser import launched_browser, logged_in, shot, sync_api  # noqa: F401  (the fixture `browser`)
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SHOTS = Path(os.environ.get("FEISHU_HIRE_SCREENSHOTS") or ROOT / "test-artifacts" / "browser")
 DAG_ID = "example_feishu_referral_payroll"
 IMPORT_DAG_ID = "example_feishu_payroll_import"
 ACCOUNT_IDS = [a.account_id for a in demo_accounts() if a.enabled]
@@ -45,12 +41,6 @@ UNKNOWN = "7001000000000000099"
 EMPTY = "7001000000000000005"  # enabled, nothing to withdraw
 DEACTIVATED = "7001000000000000009"
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(
-        "Chromium is not installed (apt-get install chromium); the browser test cannot run here",
-        allow_module_level=True,
-    )
-sync_api = pytest.importorskip("playwright.sync_api")
 sys.path.insert(0, str(ROOT / "scripts"))
 from local_airflow import APP_ID, LocalAirflow, free_port  # noqa: E402
 
@@ -67,54 +57,15 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAirflow]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        sync_api.expect.set_options(timeout=30_000)  # the api-server shares two cores with the tasks
-        yield launched
-        launched.close()
-
-
-def logged_in(browser: Any, airflow: LocalAirflow, login: tuple[str, str]) -> Any:
-    """A tab of its own (its own cookies) logged in as ``login``."""
-    tab = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
-    tab.set_default_timeout(30_000)
-    user, password = login
-    tab.goto(airflow.url)
-    tab.locator("input[name=username]").fill(user)
-    tab.locator("input[name=password]").fill(password)
-    tab.locator("button[type=submit]").click()
-    tab.wait_for_url(airflow.url + "/")
-    return tab
-
-
-@pytest.fixture(scope="module")
 def page(browser: Any, airflow: LocalAirflow) -> Any:
     """The admin, who makes the connection and triggers the payouts."""
-    return logged_in(browser, airflow, airflow.login)
+    return logged_in(browser, airflow.url, airflow.login)
 
 
 @pytest.fixture(scope="module")
 def approver_page(browser: Any, airflow: LocalAirflow) -> Any:
     """A second person: whoever triggered a run cannot approve it."""
-    return logged_in(browser, airflow, airflow.approver)
-
-
-def shot(page: Any, name: str) -> None:
-    """The visible 1400x900 only: the README's pictures stay small."""
-    page.screenshot(path=str(SHOTS / f"{name}.png"))
+    return logged_in(browser, airflow.url, airflow.approver)
 
 
 def api(airflow: LocalAirflow, path: str, body: dict[str, Any] | None = None) -> Any:

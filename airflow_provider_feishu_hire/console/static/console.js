@@ -31,6 +31,14 @@
   function post(path, body) {
     return api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
   }
+  // UTC times as the ledger keeps them (ISO 8601), shown shorter: "2026-12-03 16:26:27.606Z".
+  function when(iso) {
+    return iso ? String(iso).replace("T", " ").replace(/\+00:00$/, "Z") : "";
+  }
+  // A long message in a list: its first line, whole in the tooltip (and in the order's attempts).
+  function note(text) {
+    return text ? el("span", text, { title: text }) : "";
+  }
   function cash(map) {
     return Object.entries(map || {}).map(([c, a]) => a + " " + c).join(", ");
   }
@@ -65,9 +73,9 @@
     ["Order", orderLink], ["Account", (r) => r.referral_account_id],
     ["Status", (r) => el("span", r.status, { class: "status-" + r.status })],
     ["Points", (r) => r.point_bonus, "money"], ["Cash", (r) => cash(r.cash_bonus), "money"],
-    ["trans_time", (r) => r.trans_time_iso], ["DAG", (r) => r.dag_id], ["Run", (r) => r.run_id], ["Task", taskLink],
+    ["trans_time", (r) => when(r.trans_time_iso), "when"], ["DAG", (r) => r.dag_id], ["Run", (r) => r.run_id], ["Task", taskLink],
     ["Attempts", (r) => r.attempts], ["Batch", (r) => r.payroll_batch_id], ["App", (r) => r.app_id],
-    ["Requested", (r) => r.requested_at], ["Note", (r) => r.error_msg],
+    ["Requested", (r) => when(r.requested_at), "when"], ["Note", (r) => note(r.error_msg), "note"],
   ];
 
   async function loadMe() {
@@ -136,8 +144,8 @@
       if (row.raw_answer) { body.appendChild(el("h3", "Feishu's raw answer, as kept")); body.appendChild(el("pre", row.raw_answer)); }
       body.appendChild(el("h3", "Attempts"));
       body.appendChild(table([
-        ["Try", (a) => a.try_number], ["Task", (a) => a.task_id], ["Run", (a) => a.run_id], ["Started", (a) => a.started_at],
-        ["Finished", (a) => a.finished_at], ["Outcome", (a) => a.outcome], ["Error", (a) => [a.error_code, a.error_msg].filter(Boolean).join(" ")],
+        ["Try", (a) => a.try_number], ["Task", (a) => a.task_id], ["Run", (a) => a.run_id], ["Started", (a) => when(a.started_at), "when"],
+        ["Finished", (a) => when(a.finished_at), "when"], ["Outcome", (a) => a.outcome], ["Error", (a) => [a.error_code, a.error_msg].filter(Boolean).join(" ")],
         ["log_id", (a) => a.log_id],
       ], row.attempt_list));
       body.appendChild(el("h3", "Settlements"));
@@ -179,7 +187,7 @@
     const found = await api("payroll-batches?limit=50");
     $("batches").replaceChildren(table([
       ["Batch", (b) => { const a = el("a", b.id, { href: "#" }); a.addEventListener("click", (e) => { e.preventDefault(); showBatch(b.id); }); return a; }],
-      ["Created", (b) => b.created_at], ["Scope", (b) => b.scope + " " + b.scope_key], ["Accounts", (b) => b.accounts, "money"],
+      ["Created", (b) => when(b.created_at), "when"], ["Scope", (b) => b.scope + " " + b.scope_key], ["Accounts", (b) => b.accounts, "money"],
       ["Withdrawals", (b) => b.withdrawals, "money"], ["Points", (b) => b.point_bonus, "money"], ["Cash", (b) => cash(b.cash_bonus), "money"],
       ["Made by", (b) => el("a", b.dag_id + " / " + b.run_id + " / " + b.task_id + " try " + b.try_number, { href: b.export_url, target: "_top" })],
       ["Asset event", eventLinks],
@@ -213,9 +221,9 @@
     const only = $("only-mismatched").checked ? "&only_mismatched=true" : "";
     const found = await api("reconciliations?limit=50" + only);
     $("reconciliations").replaceChildren(table([
-      ["Id", (r) => r.id], ["When", (r) => r.reconciled_at], ["App", (r) => r.app_id], ["Window (UTC)", (r) => r.start + " – " + r.end],
+      ["Id", (r) => r.id], ["When", (r) => when(r.reconciled_at), "when"], ["App", (r) => r.app_id], ["Window (UTC)", (r) => when(r.start) + " – " + when(r.end)],
       ["Accounts", (r) => r.accounts, "money"], ["Points", (r) => r.point_bonus, "money"],
-      ["Result", (r) => (r.agrees ? "agrees" : r.mismatch_count + " mismatches")],
+      ["Result", (r) => (r.agrees ? "agrees" : r.mismatch_count + (r.mismatch_count === 1 ? " mismatch" : " mismatches"))],
       ["Mismatches", (r) => r.mismatches.map((m) => "account " + m.referral_account_id + ": ledger " + m.ledger_point_bonus + ", Feishu " + m.feishu_point_bonus).join("; ")],
       ["Run", (r) => r.dag_id + " / " + r.run_id],
     ], found.reconciliations));
