@@ -92,25 +92,72 @@ def _absent(value: object) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def _whole_points(value: object) -> int:
+def _whole_points(value: object, field: str = "min_point_bonus", least: int = 1) -> int:
     text = str(value).strip() if isinstance(value, (str, int, Decimal)) and not isinstance(value, bool) else ""
-    if not re.fullmatch(r"[0-9]{1,15}", text) or int(text) <= 0:
-        raise ValueError(f"min_point_bonus {value!r} is not a whole number of points above 0")
+    if not re.fullmatch(r"[0-9]{1,15}", text) or int(text) < least:
+        raise ValueError(f"{field} {value!r} is not a whole number of points of {least} or more")
     return int(text)
 
 
-def _cash(value: object) -> Decimal:
+def _cash(value: object, field: str = "min_cash_bonus", least: Decimal = _CENT) -> Decimal:
     if isinstance(value, float):
-        raise TypeError(f"min_cash_bonus {value!r} is a float: give money as a string such as '100.00' or a Decimal")
+        raise TypeError(f"{field} {value!r} is a float: give money as a string such as '100.00' or a Decimal")
     try:
         amount = Decimal(str(value).strip()) if isinstance(value, (str, int, Decimal)) else None
     except InvalidOperation:
         amount = None
-    if isinstance(value, bool) or amount is None or not amount.is_finite() or amount <= 0:
-        raise ValueError(f"min_cash_bonus {value!r} is not an amount of money above 0, such as '100.00'")
+    if isinstance(value, bool) or amount is None or not amount.is_finite() or amount < least:
+        raise ValueError(f"{field} {value!r} is not an amount of money of {least} or more, such as '100.00'")
     if amount != amount.quantize(_CENT):
-        raise ValueError(f"min_cash_bonus {value!r} has more than two decimal places: cash is counted in cents")
+        raise ValueError(f"{field} {value!r} has more than two decimal places: cash is counted in cents")
     return amount
+
+
+@dataclass(frozen=True)
+class AutoApproveUpTo:
+    """The most one account may be paid without a person's approval: points, and cash per currency.
+
+    It is the event payout's standing approval, set by the DAG's author in code (never a run
+    parameter, which whoever triggers a run could raise). A balance within it is paid at
+    once, and the withdrawal records the policy in the ledger as the approval it acted on; a
+    balance above it in points or in any currency (a currency without a limit counts as
+    above) waits for a person's approval.
+    """
+
+    point_bonus: int
+    cash_bonus: Mapping[str, Decimal]
+
+    def excess(self, balance: Balance) -> str | None:
+        """Why ``balance`` is more than the policy pays unasked, or None when it is within."""
+        over = [] if balance.point_bonus <= self.point_bonus else [f"{balance.point_bonus} points"]
+        over += [
+            f"{format_money(amount)} {currency}"
+            for currency, amount in sorted(balance.cash_bonus.items())
+            if amount > self.cash_bonus.get(currency, Decimal(-1))
+        ]
+        return f"{', '.join(over)} above auto_approve_up_to ({self.describe()})" if over else None
+
+    def describe(self) -> str:
+        return f"{self.point_bonus} points, cash {format_cash(self.cash_bonus) or 'none'} per account"
+
+
+def check_auto_approve_up_to(value: object) -> AutoApproveUpTo | None:
+    """``{"point_bonus": 100, "cash_bonus": {"CNY": "50.00"}}`` read exactly; None when no policy is given."""
+    if value is None:
+        return None
+    field = "auto_approve_up_to"
+    if not isinstance(value, Mapping) or not set(value) <= {"point_bonus", "cash_bonus"}:
+        raise ValueError(f'{field} {value!r} is not {{"point_bonus": 100, "cash_bonus": {{"CNY": "50.00"}}}}')
+    cash = value.get("cash_bonus") or {}
+    if not isinstance(cash, Mapping):
+        raise ValueError(f"{field}.cash_bonus {cash!r} is not a mapping of currency to amount such as {{'CNY': '50'}}")
+    limits = {}
+    for currency, amount in cash.items():
+        code = str(currency).strip().upper()
+        if not _CURRENCY.fullmatch(code):
+            raise ValueError(f"{field}.cash_bonus currency {currency!r} is not a three-letter code such as CNY")
+        limits[code] = _cash(amount, f"{field}.cash_bonus.{code}", Decimal(0))
+    return AutoApproveUpTo(_whole_points(value.get("point_bonus", 0), f"{field}.point_bonus", 0), limits)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ SKIPPED, SENDING, PAID, REJECTED, REVIEW = "skipped", "sending", "paid", "reject
 NEEDS_APPROVAL = "needs_approval"  # nothing sent: the balance is more than the run's approval covers
 # Approval decisions: a person's two, a run that turned approval off, a preview that found nothing to pay.
 APPROVE, REJECT, NOT_REQUIRED, NOTHING_TO_PAY = "Approve", "Reject", "not required", "nothing to pay"
+AUTO_APPROVED = "auto-approved"  # one account's balance within the DAG's auto_approve_up_to policy
 UNSENT = "unsent"  # an attempt's outcome only: refused before it reached Feishu (429, token)
 OPEN_STATUSES = (SENDING, REVIEW)  # money may have moved and payroll cannot show it yet
 # No send of the order id can have moved money: never sent, or every send refused. A balance read
@@ -1466,6 +1467,20 @@ class Ledger:
             )
             found = cur.fetchone()
         return None if found is None else str(found[0])
+
+    def known_accounts(self, app_id: str) -> list[str]:
+        """Every referral account this ledger knows for one app and tenant: registered, or ever withdrawn.
+
+        An account named by a balance event gets a withdrawal row (paid, skipped or held)
+        when its run looks at it, so this is what a sweep re-reads when events were lost.
+        """
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                "SELECT referral_account_id FROM feishu_hire_withdrawal WHERE app_id = ? UNION "
+                "SELECT referral_account_id FROM feishu_hire_registration WHERE app_id = ? ORDER BY 1",
+                (app_id, app_id),
+            )
+            return [str(account) for (account,) in cur.fetchall()]
 
     def record_registration(self, app_id: str, referrer: str, referral_account_id: str) -> None:
         with self._transaction() as cur:

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-from airflow_provider_feishu_hire.balance import parse_account_assets
+from airflow_provider_feishu_hire.balance import AutoApproveUpTo, Balance, parse_account_assets
 from airflow_provider_feishu_hire.client import FeishuClient
 from airflow_provider_feishu_hire.exceptions import FeishuAPIError
 from airflow_provider_feishu_hire.ledger import (
+    AUTO_APPROVED,
     NEEDS_APPROVAL,
     PAID,
     REJECTED,
@@ -80,6 +81,7 @@ def withdraw_account(
     *,
     check_balance: bool = False,
     approval: Approval | None = None,
+    policy: AutoApproveUpTo | None = None,
 ) -> Outcome:
     """Withdraw one account exactly once, whatever earlier tries (here or on other workers) did.
 
@@ -96,17 +98,28 @@ def withdraw_account(
     currency, than the approver was shown is not withdrawn (``needs_approval``, both
     amounts named). What remains open is the moment between that read and Feishu's
     withdrawal, which takes the whole balance: Feishu's API has no "withdraw at most".
+
+    ``policy`` (the DAG's ``auto_approve_up_to``) pays a balance within it without a
+    person: the balance is read first, and the policy is recorded in the ledger as the
+    approval this withdrawal acted on, with the amounts, before anything is sent. A balance
+    above both the policy and ``approval`` is held (``needs_approval``).
     """
     if intent.run_generation > 1:
         _settle_deleted_runs_orders(client, ledger, intent)
-    return _withdraw(client, ledger, intent, check_balance=check_balance, approval=approval)
+    return _withdraw(client, ledger, intent, check_balance=check_balance, approval=approval, policy=policy)
 
 
 def _withdraw(
-    client: FeishuClient, ledger: Ledger, intent: Intent, *, check_balance: bool, approval: Approval | None = None
+    client: FeishuClient,
+    ledger: Ledger,
+    intent: Intent,
+    *,
+    check_balance: bool,
+    approval: Approval | None = None,
+    policy: AutoApproveUpTo | None = None,
 ) -> Outcome:
     account_id, order_id = intent.referral_account_id, intent.external_order_id
-    if check_balance or approval is not None:
+    if check_balance or approval is not None or policy is not None:
         known = ledger.get(order_id)
         if known is None or known.status in UNSENT_STATUSES:  # no send of it can have paid anything
             try:
@@ -119,7 +132,7 @@ def _withdraw(
             seen = _nothing_to_withdraw(assets, intent.withdraw_bonus_type)
             if seen is not None and ledger.skip(intent, f"nothing to withdraw at the balance check ({seen})"):
                 return Outcome(account_id, order_id, SKIPPED, message="nothing to withdraw")
-            held = None if approval is None else _beyond_approval(ledger, approval, account_id, assets)
+            held = _beyond_authority(ledger, intent, assets, approval, policy)
             if held is not None and ledger.hold(intent, held):
                 return Outcome(account_id, order_id, NEEDS_APPROVAL, message=held)
     try:
@@ -204,14 +217,58 @@ def _warn_if_after_payroll(ledger: Ledger, intent: Intent) -> None:
         )
 
 
-def _beyond_approval(ledger: Ledger, approval: Approval, account_id: str, assets: dict[str, Any]) -> str | None:
-    """Why the balance is more than the approval covers, or None when it is within what was shown."""
+def _beyond_authority(
+    ledger: Ledger, intent: Intent, assets: dict[str, Any], approval: Approval | None, policy: AutoApproveUpTo | None
+) -> str | None:
+    """Why the balance is more than this run may pay, or None when the policy or the approval covers it."""
+    if approval is None and policy is None:
+        return None
+    account_id = intent.referral_account_id
     try:
         balance = parse_account_assets(account_id, assets)
     except UnreadableAnswer as exc:
         return f"its balance cannot be read exactly ({exc}), so it cannot be compared with the approval"
+    above_policy = None
+    if policy is not None:
+        above_policy = policy.excess(balance)
+        if above_policy is None:
+            _record_policy_approval(ledger, intent, policy, balance.point_bonus, dict(balance.cash_bonus))
+            return None
+    if approval is None:
+        return f"needs approval: it holds {balance.describe()}, {above_policy}; the approval step pays it"
+    held = _beyond_approval(ledger, approval, account_id, balance)
+    return held if held is None or above_policy is None else f"{held}; {above_policy}"
+
+
+def _record_policy_approval(
+    ledger: Ledger, intent: Intent, policy: AutoApproveUpTo, points: int, cash: dict[str, Decimal]
+) -> None:
+    """The policy as the approval of this one account, with what it was read to hold, before it is sent."""
+    from datetime import datetime, timezone
+
+    task = intent.task_try
+    shown = ledger.record_preview(task, {intent.referral_account_id: (points, cash)})
+    ledger.record_approval(
+        Approval(
+            dag_id=task.dag_id,
+            run_id=task.run_id,
+            task_id=task.task_id,
+            decision=AUTO_APPROVED,
+            decided_by=f"auto_approve_up_to ({policy.describe()})",
+            decided_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            accounts=1,
+            point_bonus=points,
+            cash_bonus={currency: format_money(amount) for currency, amount in sorted(cash.items())},
+            run_generation=task.run_generation,
+            payout_preview_id=shown,
+        )
+    )
+
+
+def _beyond_approval(ledger: Ledger, approval: Approval, account_id: str, balance: Balance) -> str | None:
+    """Why the balance is more than the approval covers, or None when it is within what was shown."""
     shown = None if approval.payout_preview_id is None else ledger.previewed(approval.payout_preview_id, account_id)
-    now = f"{balance.point_bonus} points, cash {format_cash(balance.cash_bonus) or 'none'}"
+    now = balance.describe()
     if shown is None:
         return f"needs approval: the approval by {approval.decided_by} did not show this account; it holds {now}"
     points, cash = shown
@@ -260,6 +317,8 @@ class BatchSummary:
     point_bonus: int = 0
     cash_bonus: dict[str, Decimal] = field(default_factory=dict)
     problems: list[dict[str, Any]] = field(default_factory=list)
+    # Held for a person (account -> order id): an approval step downstream pays them under the same order ids.
+    awaiting_approval: dict[str, str] = field(default_factory=dict)
 
     def add(self, outcome: Outcome) -> None:
         if outcome.withdrawal is not None:
@@ -275,6 +334,8 @@ class BatchSummary:
         self.open += outcome.status == SENDING
         self.rejected += outcome.status == REJECTED
         self.needs_approval += outcome.status == NEEDS_APPROVAL
+        if outcome.status == NEEDS_APPROVAL:
+            self.awaiting_approval[outcome.referral_account_id] = outcome.external_order_id
         self.review += outcome.status == REVIEW
         if len(self.problems) < MAX_PROBLEMS_IN_SUMMARY:
             self.problems.append(
@@ -301,6 +362,7 @@ class BatchSummary:
             "point_bonus": self.point_bonus,
             "cash_bonus": {currency: format_money(amount) for currency, amount in sorted(self.cash_bonus.items())},
             "problems": self.problems,
+            "awaiting_approval": self.awaiting_approval,
         }
 
 
@@ -312,6 +374,7 @@ def withdraw_batch(
     intent_for: Callable[[str], Intent],
     check_balances: bool = False,
     approval: Approval | None = None,
+    policy: AutoApproveUpTo | None = None,
     max_workers: int = 4,
     lease_check_seconds: float = 2.0,
 ) -> BatchSummary:
@@ -356,7 +419,9 @@ def withdraw_batch(
             return None
         intent = intent_for(account_id)
         try:
-            return withdraw_account(client, ledger, intent, check_balance=check_balances, approval=approval)
+            return withdraw_account(
+                client, ledger, intent, check_balance=check_balances, approval=approval, policy=policy
+            )
         except Superseded as exc:  # found where the order is claimed, between two lease checks
             stop(str(exc))
             return None

@@ -10,7 +10,8 @@ either by the month-end batch alone (every account credited that month withdrawn
 Feishu's 100 a minute) or by events as they come (each credit withdrawn within the
 measured latency; the month-end run then only exports payroll from the ledger).
 
-    .venv/bin/python benchmarks/bench_event_payout.py latency --credits 10
+    .venv/bin/python benchmarks/bench_event_payout.py latency --credits 20         # Airflow 3.3: ack mode
+    .venv-lowest/bin/python benchmarks/bench_event_payout.py latency --credits 20  # Airflow 3.2: none
     .venv/bin/python benchmarks/bench_event_payout.py month-end --referrers 5000 --credits-per-year 24000
 """
 
@@ -49,6 +50,7 @@ def latency(credits: int) -> None:
         local.env.update(
             AIRFLOW_CONN_FEISHU_HIRE_DEFAULT=json.dumps({**connection, "password": DEFAULT_APP_SECRET}),
             AIRFLOW_CONN_FEISHU_HIRE_LEDGER=json.dumps({"conn_type": "sqlite", "host": str(ledger)}),
+            FEISHU_HIRE_SWEEP_CRON="off",  # events alone: no sweep run beside the measured ones
         )
         seconds: list[float] = []
         try:
@@ -63,6 +65,15 @@ def latency(credits: int) -> None:
         finally:
             local.stop()
     p95 = statistics.quantiles(seconds, n=20, method="inclusive")[-1] if len(seconds) > 1 else seconds[0]
+    from airflow import __version__ as airflow_version
+
+    try:
+        import airflow.triggers.shared_stream  # noqa: F401
+
+        mode = "ack mode (acknowledged once stored)"
+    except ImportError:
+        mode = "no ack mode (acknowledged when taken)"
+    print(f"Airflow {airflow_version}, {mode}")
     print("| credits | median s | p95 s | worst s | best s |")
     print("|---:|---:|---:|---:|---:|")
     print(f"| {credits} | {statistics.median(seconds):.1f} | {p95:.1f} | {max(seconds):.1f} | {min(seconds):.1f} |")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -91,3 +92,36 @@ class Api:
         (asset,) = [a for a in assets["assets"] if a["uri"] == uri]
         found = self.try_get(f"/assets/events?asset_id={asset['id']}&order_by=timestamp&limit=100") or {}
         return list(found.get("asset_events", []))
+
+    def decide(self, dag_id: str, run_id: str, option: str, task_id: str = "approve_payout") -> dict[str, Any]:
+        """Answer the approval as a person would, and again if Airflow asks again; return what it showed.
+
+        Airflow 3.3.2 can lose an answer given while the scheduler is still settling the parked
+        task (its resumed process is told to stop, and the retry asks again). Money never moves
+        on a lost answer: only an answer that reaches the task lets the withdrawals run. A
+        person sees the new request and answers it; so does this test, at most three times.
+        """
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails"
+        ti = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"
+        waiting = ("awaiting_input", "deferred")  # Airflow 3.3 parks the task; 3.2 defers it to the triggerer
+
+        def pending() -> dict[str, Any] | None:
+            detail = self.try_get(path)
+            state = (self.try_get(ti) or {}).get("state")
+            return detail if detail and not detail["response_received"] and state in waiting else None
+
+        def answered_or_asked_again() -> str | None:
+            state = (self.try_get(ti) or {}).get("state")
+            if state in ("success", "skipped", "failed", "upstream_failed"):
+                return "answered"
+            return "asked again" if pending() else None
+
+        shown = None
+        for _ in range(3):
+            asked = wait_for(pending, "the approval to ask a person", timeout=300)
+            shown = shown or dict(asked)
+            time.sleep(2)  # reading the totals
+            self("PATCH", path, {"chosen_options": [option], "params_input": {}})
+            if wait_for(answered_or_asked_again, "the approval to take the answer", timeout=300) == "answered":
+                return shown
+        raise AssertionError(f"Airflow lost every answer to the approval of {run_id}")

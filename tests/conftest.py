@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -40,6 +40,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from local_airflow import LocalAirflow, free_port  # noqa: E402
 
 T = TypeVar("T")
+# Every real Airflow of the tests loads the event payout DAG: its sweep (every 15 minutes) would pay
+# credits those tests make on purpose. Off unless a test is about the sweep (test_event_dag).
+os.environ["FEISHU_HIRE_SWEEP_CRON"] = "off"
 FAST_RETRY = RetryPolicy(max_attempts=5, backoff_base=0.01, backoff_max=0.05, budget=20)
 
 
@@ -294,10 +297,13 @@ def wait_for(check: Callable[[], T], what: str, timeout: float = 240.0) -> T:
 
 
 @contextmanager
-def local_airflow(tmp_path: Path, sandbox: FeishuSandbox) -> Iterator[LocalAirflow]:
+def local_airflow(
+    tmp_path: Path, sandbox: FeishuSandbox, extra_dags: Sequence[Path] = (), **env: str
+) -> Iterator[LocalAirflow]:
     """``airflow standalone`` (api-server, scheduler, dag-processor, triggerer) on the example DAGs, on free ports.
 
     Its ``feishu_hire_default`` points at ``sandbox``; the ledger is ``tmp_path/ledger.db``.
+    ``extra_dags`` are DAG files to load beside the examples; ``env`` is given to every process.
     """
     local = LocalAirflow(tmp_path / "home", port=free_port(), sandbox_port=free_port(), free_log_ports=True)
     # Environment connections win over the one LocalAirflow stores for its own sandbox.
@@ -305,7 +311,14 @@ def local_airflow(tmp_path: Path, sandbox: FeishuSandbox) -> Iterator[LocalAirfl
         AIRFLOW_CONN_FEISHU_HIRE_DEFAULT=connection_json(sandbox.url),
         AIRFLOW_CONN_FEISHU_HIRE_LEDGER=json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "ledger.db")}),
         AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY="1",
+        **env,
     )
+    if extra_dags:
+        dags = tmp_path / "dags"
+        dags.mkdir()
+        for source in [*sorted((ROOT / "example_dags").glob("*.py")), *extra_dags]:
+            shutil.copy(source, dags / source.name)
+        local.env["AIRFLOW__CORE__DAGS_FOLDER"] = str(dags)
     try:
         local.start(log=tmp_path / "standalone.log")
         yield local

@@ -14,8 +14,18 @@ from decimal import Decimal
 
 import pytest
 
+from airflow_provider_feishu_hire.balance import check_auto_approve_up_to
 from airflow_provider_feishu_hire.client import FeishuClient
-from airflow_provider_feishu_hire.ledger import APPROVE, NEEDS_APPROVAL, PAID, Approval, Intent, Ledger, TaskTry
+from airflow_provider_feishu_hire.ledger import (
+    APPROVE,
+    AUTO_APPROVED,
+    NEEDS_APPROVAL,
+    PAID,
+    Approval,
+    Intent,
+    Ledger,
+    TaskTry,
+)
 from airflow_provider_feishu_hire.payout import withdraw_account, withdraw_batch
 from airflow_provider_feishu_hire.payroll import completeness
 from airflow_provider_feishu_hire.sandbox import DEFAULT_APP_ID, DEFAULT_APP_SECRET, Account, FeishuSandbox
@@ -96,3 +106,63 @@ def test_an_account_within_its_approval_is_paid_and_an_emptied_one_skipped(
     assert outcome.status == PAID and outcome.withdrawal and outcome.withdrawal.point_bonus == 10
     assert withdraw_account(client, ledger, intent(C), approval=approval).status == "skipped"
     assert_paid_exactly_once(ledger, sandbox)
+
+
+# -- the event payout's auto_approve_up_to policy: a standing approval, per account -----------------
+
+POLICY = check_auto_approve_up_to({"point_bonus": 10, "cash_bonus": {"CNY": "5.00"}})
+
+
+def test_the_policy_pays_what_is_within_it_records_itself_and_holds_the_rest_for_a_person(
+    ledger: Ledger, sandbox: FeishuSandbox, client: FeishuClient
+) -> None:
+    sandbox.credit(B, point_bonus=8)  # B: 11 points, above the 10 the policy pays unasked
+    sandbox.credit(C, cash_bonus={"USD": "0.01"})  # C: a currency the policy has no limit for
+    summary = withdraw_batch(client, ledger, [A, B, C], intent_for=intent, policy=POLICY)
+    assert (summary.paid, summary.needs_approval) == (1, 2)
+    assert [e["referral_account_id"] for e in sandbox.state()["ledger"]] == [A]  # exactly A: 10 points, 5.00 CNY
+    assert summary.awaiting_approval == {B: intent(B).external_order_id, C: intent(C).external_order_id}
+    held = ledger.get(intent(B).external_order_id)
+    assert held is not None and held.status == NEEDS_APPROVAL and held.sends == 0
+    assert "11 points" in (held.error_msg or "") and "auto_approve_up_to" in (held.error_msg or "")
+    assert "0.01 USD" in (ledger.get(intent(C).external_order_id).error_msg or "")  # type: ignore[union-attr]
+    # The policy is in the ledger as the approval A was paid on, with the amounts it was read to hold.
+    (auto,) = ledger.approvals(RUN.dag_id, RUN.run_id)
+    assert auto.decision == AUTO_APPROVED and "auto_approve_up_to" in auto.decided_by
+    assert (auto.point_bonus, auto.cash_bonus) == (10, {"CNY": "5.00"})
+    assert ledger.previewed(auto.payout_preview_id or 0, A) == (10, {"CNY": Decimal("5.00")})
+
+    # A person approves what the held accounts were shown: paid under the same order ids, once.
+    approval = approve(ledger, {B: (11, {"CNY": Decimal("1.00")}), C: (0, {"USD": Decimal("0.01")})})
+    summary = withdraw_batch(
+        client, ledger, list(summary.awaiting_approval), intent_for=lambda a: intent(a, 2), approval=approval
+    )
+    assert (summary.paid, summary.needs_approval) == (2, 0)
+    assert {row.status for row in ledger.rows(dag_id=RUN.dag_id)} == {PAID}
+    assert_paid_exactly_once(ledger, sandbox)
+
+
+def test_a_balance_credited_past_the_policy_after_an_event_is_not_paid_unasked(
+    ledger: Ledger, sandbox: FeishuSandbox, client: FeishuClient
+) -> None:
+    sandbox.credit(A, cash_bonus={"CNY": "0.01"})  # 5.01 CNY: one cent over
+    assert withdraw_account(client, ledger, intent(A), policy=POLICY).status == NEEDS_APPROVAL
+    assert sandbox.state()["ledger"] == []
+
+
+@pytest.mark.parametrize(
+    ("policy", "named"),
+    [
+        ({"point_bonus": 1.5}, "auto_approve_up_to.point_bonus"),
+        ({"point_bonus": -1}, "auto_approve_up_to.point_bonus"),
+        ({"cash_bonus": {"CNY": 5.0}}, "auto_approve_up_to.cash_bonus.CNY"),  # a float: never money
+        ({"cash_bonus": {"CNY": "5.001"}}, "auto_approve_up_to.cash_bonus.CNY"),
+        ({"cash_bonus": {"yuan": "5"}}, "auto_approve_up_to.cash_bonus currency"),
+        ({"cash_bonus": ["CNY", "5"]}, "auto_approve_up_to.cash_bonus"),
+        ({"points": 5}, "auto_approve_up_to"),  # not Feishu's name: refused rather than ignored
+        ("100", "auto_approve_up_to"),
+    ],
+)
+def test_a_policy_that_is_not_exact_is_refused_naming_the_field(policy: object, named: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=named.replace(".", r"\.")):
+        check_auto_approve_up_to(policy)

@@ -32,6 +32,7 @@ from tests.conftest import (
     PostgresServer,
     assert_paid_exactly_once,
     connection_json,
+    ledger_payroll,
     postgres_ledger_connection,
     sandbox_payroll,
 )
@@ -429,3 +430,65 @@ def test_a_dag_registers_waits_pays_deactivates_and_reconciles(
         logs = logs_of(runner, done)
         assert_no_secret(sandbox, logs)
         assert sandbox.app_ticket not in logs
+
+
+def test_two_tenants_of_one_store_app_never_answer_for_each_other(runner: AirflowRunner, ledger_file: Path) -> None:
+    """One store app installed by two companies, one ledger: each run registers, pays, batches and reconciles its own.
+
+    The same referrers, and the same account ids, in both companies: nothing one tenant's run
+    recorded answers for the other's (a registration reused, a reconciliation of the other's
+    totals, a payroll batch holding the other's withdrawals).
+    """
+    runner.add_dag(LIFECYCLE)
+    emails = ["ann@example.com", "bo@example.com"]
+    with (
+        FeishuSandbox([], rate_limits=False, app_type="isv", tenant_key="company_a") as a,
+        FeishuSandbox([], rate_limits=False, app_type="isv", tenant_key="company_b") as b,
+    ):
+        for tenant in (a, b):
+            env = ledger_env(ledger_file)
+            env.update(
+                app_type="isv", tenant_key=tenant.tenant_key, AIRFLOW_VAR_FEISHU_HIRE_APP_TICKET=tenant.app_ticket
+            )
+            done = run(runner, tenant, "feishu_account_lifecycle", {"emails": emails, "sandbox_url": tenant.url}, **env)
+            assert done.returncode == 0, failed(runner, done)
+        with sqlite_ledger(ledger_file) as ledger:
+            for tenant in (a, b):
+                app = f"{tenant.app_id}@{tenant.tenant_key}"
+                # Each company's Feishu registered its own referrers: B's run asked B, not A's records.
+                assert tenant.requests["register"] == len(emails)
+                assert {ledger.registered_account(app, email) for email in emails} == set(tenant.state()["accounts"])
+                (reconciled,) = ledger.reconciliations(app)  # against this tenant's Feishu, matching
+                assert reconciled.mismatches == () and tenant.requests["reconciliation"] == 1
+            # Every batch holds one company's withdrawals only, and together they are what both paid.
+            orders = {t.tenant_key: {e["external_order_id"] for e in t.state()["ledger"]} for t in (a, b)}
+            assert orders["company_a"] and not orders["company_a"] & orders["company_b"]
+            batches = ledger.payroll_batches()
+            assert len(batches) == 2
+            for batch in batches:
+                members = {row.external_order_id for row in batch.members}
+                assert members in (orders["company_a"], orders["company_b"])
+            assert ledger_payroll(ledger) == sandbox_payroll(a) + sandbox_payroll(b)
+
+
+def test_a_refused_login_on_the_retry_after_an_unknown_send_is_no_review_and_the_next_try_pays_once(
+    runner: AirflowRunner, ledger_file: Path
+) -> None:
+    """Try 1's answer is lost after Feishu paid; try 2's token is refused; try 3 resends the order id: paid once."""
+    runner.add_dag(EXAMPLE)
+    account = Account("7300000000000000001", 10, {"CNY": Decimal("1.00")})
+    with FeishuSandbox([account], rate_limits=False) as sandbox:
+        sandbox.inject("drop_after_commit")  # try 1: Feishu paid, the answer never came
+        sandbox.inject("revoke_token", times=2)  # try 2: the gateway refuses its token, and the fresh one too
+        conf = {"referral_account_ids": [account.account_id]}
+        done = run(runner, sandbox, PAYROLL_DAG, conf, max_attempts=1, **ledger_env(ledger_file))
+        assert done.returncode == 0, failed(runner, done)
+        assert ti_states(runner, PAYROLL_DAG)[("withdraw_referral_account", 0)] == ("success", 3)
+        with sqlite_ledger(ledger_file) as ledger:
+            (row,) = ledger.rows(dag_id=PAYROLL_DAG)
+            # Try 2 never reached the withdraw endpoint: it left the order sending, not in review.
+            assert (row.status, row.sends) == ("paid", 3)
+            attempts = ledger.attempts(row.external_order_id)
+            assert [a["try_number"] for a in attempts] == [1, 2, 3]
+            assert_paid_exactly_once(ledger, sandbox)
+        assert len(sandbox.state()["ledger"]) == 1

@@ -10,6 +10,7 @@ ledger, our payout ledger and the payroll table. One test: it costs a minute or 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
@@ -21,9 +22,11 @@ import pytest
 from airflow_provider_feishu_hire.events import ASSETS_UPDATE_EVENT
 from airflow_provider_feishu_hire.ledger import Ledger
 from airflow_provider_feishu_hire.sandbox import DEFAULT_APP_SECRET, Account, FeishuSandbox
+from tests.airflow_api import Api
 from tests.conftest import (
     LocalAirflow,
     assert_paid_exactly_once,
+    ledger_payroll,
     local_airflow,
     sandbox_payroll,
     wait_for,
@@ -121,3 +124,57 @@ def test_credits_are_paid_exactly_once_by_events_alone_through_drops_and_repeats
     logs.append((tmp_path / "standalone.log").read_text(errors="replace"))
     for secret in [DEFAULT_APP_SECRET, *sandbox.issued_tokens]:
         assert not any(secret in text for text in logs)
+
+
+# The sweep every minute here (FEISHU_HIRE_SWEEP_CRON); the README's bound is the interval, plus
+# the sweep's balance reads at 10 a second, plus Airflow starting the run: two minutes on this machine.
+SWEEP_BOUND = 60 + 120
+
+
+def awaiting_a_person(api: Api) -> str | None:
+    """A run of the event DAG whose approval step waits for a person, if there is one."""
+    runs = api.try_get(f"/dags/{DAG_ID}/dagRuns?state=running") or {"dag_runs": []}
+    for run in runs["dag_runs"]:
+        if api.task_states(DAG_ID, run["dag_run_id"]).get("approve_payout") in ("awaiting_input", "deferred"):
+            return str(run["dag_run_id"])
+    return None
+
+
+def test_small_credits_are_paid_at_once_a_large_one_waits_for_a_person_and_the_sweep_pays_a_lost_event(
+    sandbox: FeishuSandbox, tmp_path: Path
+) -> None:
+    def paid() -> Counter[str]:
+        return Counter(e["referral_account_id"] for e in sandbox.state()["ledger"])
+
+    with local_airflow(tmp_path, sandbox, FEISHU_HIRE_SWEEP_CRON="* * * * *") as airflow:
+        api = Api(airflow, airflow.login)
+        wait_for(lambda: sandbox.state()["long_connection"]["connected"], "the triggerer holding the long connection")
+        sandbox.credit(A, 5, {"CNY": "20.00"})  # within auto_approve_up_to: paid at once, nobody asked
+        wait_for(lambda: paid()[A] == 1, "A paid by its event")
+
+        sandbox.credit(B, 501)  # one point above the policy: waits for a person
+        waiting = wait_for(lambda: awaiting_a_person(api), "B's run to ask a person")
+        sandbox.credit(C, 3)  # a small credit meanwhile is not held up by B's
+        wait_for(lambda: paid()[C] == 1, "C paid while B waits")
+        assert B not in paid()
+
+        sandbox.inject("lose_event", endpoint="events")  # Feishu never delivers A's next event
+        lost_at = time.monotonic()
+        sandbox.credit(A, 7)
+        wait_for(lambda: paid()[A] == 2, "the sweep to pay A's credit whose event was lost", timeout=SWEEP_BOUND)
+        swept_in = time.monotonic() - lost_at
+        assert B not in paid()
+
+        shown = api.decide(DAG_ID, waiting, "Approve")
+        assert "501" in shown["body"]
+        wait_for(lambda: paid()[B] == 1, "B paid after the approval")
+        ledger_db = tmp_path / "ledger.db"
+        with Ledger(lambda: sqlite3.connect(ledger_db, isolation_level=None), "sqlite") as ledger:
+            # Every payment in exactly one payroll batch: the approved run's export claims what the sweep paid.
+            wait_for(lambda: ledger_payroll(ledger) == sandbox_payroll(sandbox), "everything paid to be batched")
+            assert_paid_exactly_once(ledger, sandbox)
+            decisions = [a.decision for a in ledger.approvals(DAG_ID, waiting)]
+            auto = [a for r in {row.run_id for row in ledger.rows(dag_id=DAG_ID)} for a in ledger.approvals(DAG_ID, r)]
+        assert paid() == {A: 2, B: 1, C: 1}
+        assert decisions[-1] == "Approve" and {a.decision for a in auto} >= {"auto-approved", "Approve"}
+    print(f"A credit whose every event was lost was paid by the sweep {swept_in:.0f} s later")

@@ -150,6 +150,10 @@ class ReferralPayrollOperator(BaseOperator):
         if not batches:
             if problems:
                 raise AirflowFailException(f"Nothing paid, so no payroll batch. {problems}")
+            elsewhere = sorted({r.payroll_batch_id for r in rows if r.payroll_batch_id and r.run_id == task.run_id})
+            if elsewhere:  # a "dag" or "app" scope: another run's export claimed them first
+                listed = ", ".join(map(str, elsewhere))
+                raise AirflowSkipException(f"What this run paid is in payroll batch {listed}, made by another export")
             raise AirflowSkipException("Nothing paid by this run: no payroll batch, no asset event")
         for outlet in self.outlets:
             if isinstance(outlet, Asset):
@@ -192,7 +196,8 @@ class ReferralPayrollOperator(BaseOperator):
 
         parts = []
         try:
-            run_approval(self, ledger, task)  # the withdrawals' own check: rejected, missing, self-approved
+            # The withdrawals' own check (rejected, self-approved); a missing decision refused them already.
+            run_approval(self, ledger, task, missing_ok=True)
         except AirflowFailException as refused:
             parts.append(f"{refused}.")
         if check.open:

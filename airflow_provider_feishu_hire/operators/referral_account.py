@@ -7,7 +7,7 @@ them ``requests`` and the database drivers, are imported when a task runs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +15,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_feishu_hire.accounts import check_referrer, check_user_id_type
+from airflow_provider_feishu_hire.balance import check_auto_approve_up_to
 from airflow_provider_feishu_hire.ledger import DEFAULT_LEDGER_CONN_ID
 from airflow_provider_feishu_hire.withdrawal import (
     CASH,
@@ -203,6 +204,15 @@ class ReferralBatchWithdrawOperator(BaseOperator):
     ``external_order_ids`` (optional; a mapping, its JSON, or an ``XComArg``) chooses the
     order id of some or all accounts, e.g. one derived from what is being paid rather than
     from the run; the others are derived from DAG, run, task and account.
+
+    ``auto_approve_up_to`` (``{"point_bonus": 100, "cash_bonus": {"CNY": "50.00"}}``, per
+    account; set in the DAG's code, never from a run's conf) pays a balance within it at
+    once, even in a DAG with an approval step, and records the policy in the ledger as
+    that account's approval. A balance above it is not sent: it is held for a person
+    (``needs_approval``), the task still succeeds, and its XCom's ``awaiting_approval``
+    (account to order id) is what a ``ReferralPayoutPreviewOperator`` and
+    ``ReferralPayoutApprovalOperator`` downstream show, and a second batch withdrawal
+    after them pays under the same order ids. A rejection of the run stops it too.
     """
 
     template_fields: Sequence[str] = (
@@ -221,6 +231,7 @@ class ReferralBatchWithdrawOperator(BaseOperator):
         withdraw_bonus_type: object = (POINTS, CASH),
         external_order_ids: object = None,
         check_balances: bool = False,
+        auto_approve_up_to: Mapping[str, Any] | None = None,
         max_workers: int = 4,
         withdraw_per_minute: float | None = None,
         assets_per_second: float | None = None,
@@ -231,6 +242,7 @@ class ReferralBatchWithdrawOperator(BaseOperator):
         super().__init__(**kwargs)
         if max_workers < 1:
             raise ValueError("max_workers must be at least 1")
+        self.auto_approve_up_to = check_auto_approve_up_to(auto_approve_up_to)  # a DAG file's error, at parse
         self.referral_account_ids = referral_account_ids
         self.withdraw_bonus_type = withdraw_bonus_type
         self.external_order_ids = external_order_ids
@@ -258,7 +270,8 @@ class ReferralBatchWithdrawOperator(BaseOperator):
         ) as (client, ledger):
             with input_errors_fail_the_task():
                 task = task_try(context, ledger)
-            approval = run_approval(self, ledger, task)
+            policy = self.auto_approve_up_to
+            approval = run_approval(self, ledger, task, missing_ok=policy is not None)
             summary = withdraw_batch(
                 client,
                 ledger,
@@ -266,6 +279,7 @@ class ReferralBatchWithdrawOperator(BaseOperator):
                 intent_for=lambda account_id: _intent(task, client, account_id, bonus_types, order_ids.get(account_id)),
                 check_balances=self.check_balances,
                 approval=approval,
+                policy=policy,
                 max_workers=self.max_workers,
             )
         result = summary.as_xcom()
@@ -283,7 +297,16 @@ class ReferralBatchWithdrawOperator(BaseOperator):
                 f"This try stopped sending: {summary.superseded}. It paid "
                 f"{plural(summary.paid, 'referral account')}; all are in the ledger"
             )
-        unsettled = summary.open + summary.rejected + summary.review + summary.needs_approval
+        unsettled = summary.open + summary.rejected + summary.review
+        if policy is None:
+            unsettled += summary.needs_approval
+        elif summary.needs_approval:
+            self.log.info(
+                "%s above auto_approve_up_to (%s), held for the approval step: %s",
+                plural(summary.needs_approval, "referral account"),
+                policy.describe(),
+                ", ".join(summary.awaiting_approval),
+            )
         if not unsettled:
             return result
         first = summary.problems[0]
@@ -325,36 +348,45 @@ def task_try(context: Context, ledger: Ledger) -> TaskTry:
     )
 
 
-def run_approval(task: BaseOperator, ledger: Ledger, run: TaskTry) -> Approval | None:
+def run_approval(task: BaseOperator, ledger: Ledger, run: TaskTry, *, missing_ok: bool = False) -> Approval | None:
     """The decision this run's withdrawals must obey, read from the ledger, or None when none is asked for.
 
     A DAG with a payout approval step (``ReferralPayoutApprovalOperator``, wherever it is
     wired) sends nothing without an approval of this very run in the ledger: not when its
     tasks are cleared after a rejection, not under ``trigger_rule="all_done"``, not when the
-    approval step is not upstream at all. A rejection, no decision, or an approval given by
-    the user who triggered the run fails the task before anything is sent. "not required"
-    (the run turned approval off, recorded with who triggered it) lets it through.
+    approval step is not upstream at all. A rejection is final for the run (a later approval
+    does not undo it); a rejection, no decision, or an approval given by the user who
+    triggered the run fails the task before anything is sent. "not required" (the run turned
+    approval off, recorded with who triggered it) lets it through. ``missing_ok``: no
+    person's decision yet (or nothing to pay) is not a refusal — for a withdrawal whose
+    authority is the DAG's ``auto_approve_up_to`` policy, and for the payroll export.
     """
-    from airflow_provider_feishu_hire.ledger import APPROVE, NOT_REQUIRED, NOTHING_TO_PAY
+    from airflow_provider_feishu_hire.ledger import APPROVE, AUTO_APPROVED, NOT_REQUIRED, NOTHING_TO_PAY, REJECT
     from airflow_provider_feishu_hire.operators.approval import ReferralPayoutApprovalOperator
 
     dag = task.get_dag()
     if dag is None or not any(isinstance(t, ReferralPayoutApprovalOperator) for t in dag.tasks):
         return None
-    decisions = ledger.approvals(run.dag_id, run.run_id, run.run_generation)
-    if not decisions:
-        raise AirflowFailException(
-            f"DAG {run.dag_id} asks for a payout approval and the ledger holds none for run {run.run_id}: "
-            "nothing sent. Let the approval step decide first"
-        )
-    last = decisions[-1]
-    if last.decision == NOTHING_TO_PAY:
+    # A person's decisions: the policy's own records (one per account it paid) decide nothing for the others.
+    decisions = [d for d in ledger.approvals(run.dag_id, run.run_id, run.run_generation) if d.decision != AUTO_APPROVED]
+    rejected = next((d for d in decisions if d.decision == REJECT), None)
+    if rejected is not None:
+        raise AirflowFailException(f"Rejected by {rejected.decided_by} at {rejected.decided_at}: nothing paid")
+    if not decisions or decisions[-1].decision == NOTHING_TO_PAY:
+        if missing_ok:
+            return None
+        if not decisions:
+            raise AirflowFailException(
+                f"DAG {run.dag_id} asks for a payout approval and the ledger holds none for run {run.run_id}: "
+                "nothing sent. Let the approval step decide first"
+            )
         raise AirflowFailException(f"The preview of run {run.run_id} found nothing to pay: nothing sent")
+    last = decisions[-1]
     if last.decision == NOT_REQUIRED:
         task.log.info("Approval was turned off for this run (triggered by %s)", last.triggered_by or "unknown")
         return None
     if last.decision != APPROVE:
-        raise AirflowFailException(f"Rejected by {last.decided_by} at {last.decided_at}: nothing paid")
+        raise AirflowFailException(f"{last.decision} by {last.decided_by} at {last.decided_at}: nothing paid")
     if last.triggered_by is not None and last.decided_by == last.triggered_by:
         raise AirflowFailException(
             f"Approved by {last.decided_by}, who triggered the run: a second person must approve; nothing paid"

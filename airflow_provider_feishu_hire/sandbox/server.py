@@ -67,13 +67,15 @@ FAULT_KINDS = (
     "duplicate_event",
     "split_event",
     "ignore_ack",
+    "lose_event",
 )
 MALFORMED_VARIANTS = ("null_amount", "text_amount", "fractional_points")
 _DEFAULT_STATUS = {"rate_limit": 429, "html_page": 502, "revoke_token": 400}
 # Refusals of /callback/ws/endpoint, answered HTTP 200 with these codes (as the official SDK reads them).
 _ENDPOINT_REFUSALS = {"busy": (1, "system busy"), "connection_limit": (1000040350, "too many connections")}
 # Faults of the long connection's deliveries (target "events"), not of an HTTP endpoint.
-_EVENT_FAULTS = ("drop_connection", "duplicate_event", "split_event", "ignore_ack")
+# lose_event: Feishu never delivers the next event (an app unsubscribed for a while, pushes given up).
+_EVENT_FAULTS = ("drop_connection", "duplicate_event", "split_event", "ignore_ack", "lose_event")
 # Fault targets. "token" is whichever endpoint hands out tenant_access_tokens (the custom
 # app's /internal one or the store app's), "app_token" the store app's app_access_token,
 # "app_ticket" the store app's ticket resend, "ws_endpoint" the long connection's
@@ -227,7 +229,9 @@ class Fault:
     again on the next connection; ``duplicate_event`` sends it twice (two message_ids,
     one event_id); ``split_event`` splits its payload into ``parts`` frames (``sum`` =
     parts, ``seq`` 0, 1, ...); ``ignore_ack`` takes an acknowledgement instead: it is
-    counted, but the event is delivered again after ``redeliver_after`` as if unanswered.
+    counted, but the event is delivered again after ``redeliver_after`` as if unanswered;
+    ``lose_event`` takes the next event raised (a credit's, a withdrawal's): Feishu never
+    delivers it at all, as when an app was unsubscribed or gave up on retries.
 
     ``after`` lets that many matching calls (requests, deliveries or acknowledgements)
     pass untouched before the fault starts: ``drop_connection`` with ``after=2`` cuts the
@@ -638,7 +642,8 @@ class FeishuSandbox:
             },
             "event": event,
         }
-        self.long_connection.publish(event_id, event_type, _json_bytes(envelope))
+        if not self.take_fault("events", "lose_event"):
+            self.long_connection.publish(event_id, event_type, _json_bytes(envelope))
         return event_id
 
     def deactivate(self, account_id: str) -> dict[str, Any]:
