@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from airflow_provider_feishu_hire.defaults import CENT
 from airflow_provider_feishu_hire.withdrawal import UnreadableAnswer, cash_items, format_cash, format_money, parse_bonus
 
 _CURRENCY = re.compile(r"[A-Z]{3}")
-_CENT = Decimal("0.01")
 DEACTIVATED = 2  # get_account_assets' status: 1 enabled, 2 deactivated
 # One balance read a second at most per sensor: a tenth of Feishu's 10 a second for the
 # app, so several sensors and the payout's own pre-checks still fit beside it.
@@ -99,7 +99,7 @@ def _whole_points(value: object, field: str = "min_point_bonus", least: int = 1)
     return int(text)
 
 
-def _cash(value: object, field: str = "min_cash_bonus", least: Decimal = _CENT) -> Decimal:
+def _cash(value: object, field: str = "min_cash_bonus", least: Decimal = CENT) -> Decimal:
     if isinstance(value, float):
         raise TypeError(f"{field} {value!r} is a float: give money as a string such as '100.00' or a Decimal")
     try:
@@ -108,7 +108,7 @@ def _cash(value: object, field: str = "min_cash_bonus", least: Decimal = _CENT) 
         amount = None
     if isinstance(value, bool) or amount is None or not amount.is_finite() or amount < least:
         raise ValueError(f"{field} {value!r} is not an amount of money of {least} or more, such as '100.00'")
-    if amount != amount.quantize(_CENT):
+    if amount != amount.quantize(CENT):
         raise ValueError(f"{field} {value!r} has more than two decimal places: cash is counted in cents")
     return amount
 

@@ -15,6 +15,8 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from airflow_provider_feishu_hire.defaults import CENT
+
 POINTS = 1
 CASH = 2
 BONUS_TYPE_NAMES = {POINTS: "points", CASH: "cash"}
@@ -24,7 +26,6 @@ _BONUS_TYPES = {"1": POINTS, "points": POINTS, "2": CASH, "cash": CASH}
 # tenants' formats while making it impossible for an id to reach another path or query.
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]+")
 MAX_ID_LENGTH = 64
-_CENT = Decimal("0.01")
 
 
 # The same rule for a DAG's trigger form (a JSON-schema pattern): surrounding white space, as people
@@ -156,7 +157,7 @@ def plural(count: int, noun: str) -> str:
 
 def format_money(amount: Decimal) -> str:
     """Decimal money as text with at least two places ("7.00", "0.105"): padded, never rounded."""
-    return format(amount.quantize(_CENT) if amount.as_tuple().exponent > -2 else amount, "f")  # type: ignore[operator]
+    return format(amount.quantize(CENT) if amount.as_tuple().exponent > -2 else amount, "f")  # type: ignore[operator]
 
 
 def format_cash(cash: Mapping[str, Decimal]) -> str:

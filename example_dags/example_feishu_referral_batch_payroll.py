@@ -11,6 +11,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag
 
+from airflow_provider_feishu_hire.defaults import DEFAULT_FEISHU_HIRE_CONN_ID
 from airflow_provider_feishu_hire.operators.approval import (
     ReferralPayoutApprovalOperator,
     ReferralPayoutPreviewOperator,
@@ -46,7 +47,9 @@ OUTPUT_DIR_HELP = (
         # null, not "": Airflow 3.3.2's trigger form will not submit an empty string.
         "output_dir": Param(None, type=["null", "string"], description=OUTPUT_DIR_HELP),
         "require_approval": Param(True, type="boolean", description=APPROVAL_HELP),
-        "feishu_hire_conn_id": Param("feishu_hire_default", type="string", minLength=1, description=CONNECTION_HELP),
+        "feishu_hire_conn_id": Param(
+            DEFAULT_FEISHU_HIRE_CONN_ID, type="string", minLength=1, description=CONNECTION_HELP
+        ),
     },
     render_template_as_native_obj=True,  # the account list reaches the operators as a list
     # Every Feishu operator takes the connection the trigger form chose.

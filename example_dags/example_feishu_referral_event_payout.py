@@ -56,7 +56,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, AssetWatcher, CronTriggerTimetable, dag, task
 
-from airflow_provider_feishu_hire.ledger import DEFAULT_LEDGER_CONN_ID
+from airflow_provider_feishu_hire.defaults import DEFAULT_FEISHU_HIRE_CONN_ID, DEFAULT_LEDGER_CONN_ID
 from airflow_provider_feishu_hire.operators.approval import (
     ReferralPayoutApprovalOperator,
     ReferralPayoutPreviewOperator,
@@ -65,7 +65,6 @@ from airflow_provider_feishu_hire.operators.payroll import ReferralPayrollOperat
 from airflow_provider_feishu_hire.operators.referral_account import ReferralBatchWithdrawOperator
 from airflow_provider_feishu_hire.triggers.events import FeishuReferralAssetsTrigger
 
-FEISHU_HIRE_CONN_ID = "feishu_hire_default"  # the trigger's and the sweep's; the operators' default too
 # Paid at once, per account; anything more waits for a person. Cash limits are per currency:
 # a currency without one always waits.
 AUTO_APPROVE_UP_TO = {"point_bonus": 500, "cash_bonus": {"CNY": "200.00", "HKD": "200.00", "USD": "30.00"}}
@@ -78,7 +77,7 @@ REFERRAL_BALANCES = Asset(
     watchers=[
         AssetWatcher(
             name="feishu_referral_assets_update",
-            trigger=FeishuReferralAssetsTrigger(feishu_hire_conn_id=FEISHU_HIRE_CONN_ID),
+            trigger=FeishuReferralAssetsTrigger(feishu_hire_conn_id=DEFAULT_FEISHU_HIRE_CONN_ID),
         )
     ],
 )
@@ -111,12 +110,12 @@ def example_feishu_referral_event_payout() -> None:
         import logging
 
         from airflow_provider_feishu_hire.events import BadEvent, ReferralAssetsUpdate, latest_updates
-        from airflow_provider_feishu_hire.operators.referral_account import feishu_and_ledger
+        from airflow_provider_feishu_hire.operators.task_helpers import feishu_and_ledger
         from airflow_provider_feishu_hire.withdrawal import derive_external_order_id
 
         events = list(context["triggering_asset_events"].get(REFERRAL_BALANCES, []))
         if not events:
-            with feishu_and_ledger(FEISHU_HIRE_CONN_ID, DEFAULT_LEDGER_CONN_ID) as (client, ledger):
+            with feishu_and_ledger(DEFAULT_FEISHU_HIRE_CONN_ID, DEFAULT_LEDGER_CONN_ID) as (client, ledger):
                 known = ledger.known_accounts(client.tenant_app_id)
             logging.getLogger(__name__).info("Sweep: looking at the %d accounts the ledger knows", len(known))
             return {"referral_account_ids": known, "external_order_ids": {}}

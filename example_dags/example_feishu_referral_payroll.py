@@ -17,6 +17,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, dag, task
 
+from airflow_provider_feishu_hire.defaults import DEFAULT_FEISHU_HIRE_CONN_ID
 from airflow_provider_feishu_hire.operators.approval import (
     ReferralPayoutApprovalOperator,
     ReferralPayoutPreviewOperator,
@@ -62,7 +63,9 @@ OUTPUT_DIR_HELP = (
         # null, not "": Airflow 3.3.2's trigger form will not submit an empty string.
         "output_dir": Param(None, type=["null", "string"], description=OUTPUT_DIR_HELP),
         "require_approval": Param(True, type="boolean", description=APPROVAL_HELP),
-        "feishu_hire_conn_id": Param("feishu_hire_default", type="string", minLength=1, description=CONNECTION_HELP),
+        "feishu_hire_conn_id": Param(
+            DEFAULT_FEISHU_HIRE_CONN_ID, type="string", minLength=1, description=CONNECTION_HELP
+        ),
     },
     # The delay between tries is the deployment's [core] default_task_retry_delay.
     # Every Feishu operator takes the connection the trigger form chose.

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet
 
+from airflow_provider_feishu_hire.defaults import DEFAULT_FEISHU_HIRE_CONN_ID
+
 ROOT = Path(__file__).resolve().parent.parent
 APP_ID = "cli_sandbox_app"
 APP_SECRET = "sandbox-app-secret-not-for-production"
@@ -121,7 +123,7 @@ class LocalAirflow:
         )
         self.airflow("db", "migrate")
         subprocess.run(
-            [sys.executable, "-m", "airflow", "connections", "delete", "feishu_hire_default"],
+            [sys.executable, "-m", "airflow", "connections", "delete", DEFAULT_FEISHU_HIRE_CONN_ID],
             env=self.env,
             capture_output=True,
         )
@@ -135,7 +137,7 @@ class LocalAirflow:
             # shows Port for that reason, and this connection fills it in as a person would.
             "port": int(port),
         }
-        self.airflow("connections", "add", "feishu_hire_default", "--conn-json", json.dumps(conn))
+        self.airflow("connections", "add", DEFAULT_FEISHU_HIRE_CONN_ID, "--conn-json", json.dumps(conn))
         output = log.open("wb") if log else None
         self._airflow = subprocess.Popen(
             [sys.executable, "-m", "airflow", "standalone"],

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,12 +26,13 @@ import pytest
 from airflow_provider_feishu_hire.ledger import Ledger
 from airflow_provider_feishu_hire.sandbox import Account, FeishuSandbox
 from tests.airflow_api import Api
-from tests.conftest import LocalAirflow, assert_paid_exactly_once, local_airflow, wait_for
+from tests.conftest import ROOT, LocalAirflow, assert_paid_exactly_once, local_airflow, wait_for
 
 pytestmark = pytest.mark.lowest  # also run on the lowest supported Airflow (Makefile: pytest-lowest)
 
 DAG_ID = "example_feishu_referral_payroll"
 IMPORT_DAG_ID = "example_feishu_payroll_import"
+ANY_DECISION_DAG_ID = "feishu_withdraw_after_any_decision"  # tests/dags: a withdrawal under all_done
 ACCOUNTS = [
     Account("7500000000000000001", point_bonus=300, cash_bonus={"CNY": Decimal("1200.50")}),
     Account("7500000000000000002", point_bonus=20, cash_bonus={"CNY": Decimal("0.05")}),
@@ -53,42 +53,9 @@ def sandbox() -> Iterator[FeishuSandbox]:
 
 @pytest.fixture
 def airflow(tmp_path: Path, sandbox: FeishuSandbox) -> Iterator[LocalAirflow]:
-    with local_airflow(tmp_path, sandbox) as running:
+    extra = [ROOT / "tests" / "dags" / f"{ANY_DECISION_DAG_ID}.py"]
+    with local_airflow(tmp_path, sandbox, extra_dags=extra) as running:
         yield running
-
-
-def decide(api: Api, run_id: str, option: str) -> dict[str, Any]:
-    """Answer the approval as a person would, and again if Airflow asks again; return what it showed.
-
-    Airflow 3.3.2 can lose an answer given while the scheduler is still settling the parked
-    task (its resumed process is told to stop, and the retry asks again). Money never moves
-    on a lost answer: only an answer that reaches the task lets the withdrawals run. A
-    person sees the new request and answers it; so does this test, at most three times.
-    """
-    path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/approve_payout/-1/hitlDetails"
-    ti = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/approve_payout"
-    waiting = ("awaiting_input", "deferred")  # Airflow 3.3 parks the task; 3.2 defers it to the triggerer
-
-    def pending() -> dict[str, Any] | None:
-        detail = api.try_get(path)
-        state = (api.try_get(ti) or {}).get("state")
-        return detail if detail and not detail["response_received"] and state in waiting else None
-
-    def answered_or_asked_again() -> str | None:
-        state = (api.try_get(ti) or {}).get("state")
-        if state in ("success", "skipped", "failed", "upstream_failed"):
-            return "answered"
-        return "asked again" if pending() else None
-
-    shown = None
-    for _ in range(3):
-        asked = wait_for(pending, "the approval to ask a person", timeout=300)
-        shown = shown or dict(asked)
-        time.sleep(2)  # reading the totals
-        api("PATCH", path, {"chosen_options": [option], "params_input": {}})
-        if wait_for(answered_or_asked_again, "the approval to take the answer", timeout=300) == "answered":
-            return shown
-    raise AssertionError(f"Airflow lost every answer to the approval of {run_id}")
 
 
 def test_only_an_approval_pays_and_every_decision_is_recorded(
@@ -112,7 +79,7 @@ def test_only_an_approval_pays_and_every_decision_is_recorded(
     for account in ACCOUNTS:  # new bonuses, then a run that a person rejects
         sandbox.credit(account.account_id, point_bonus=1)
     rejected = api.trigger(DAG_ID, "rejected", conf)
-    decide(approver, rejected, "Reject")
+    approver.decide(DAG_ID, rejected, "Reject")
     # The rejection stands out: the approval task and the run end failed, not green.
     assert wait_for(lambda: api.run_state(DAG_ID, rejected), "the rejected run to finish", timeout=300) == "failed"
     states = api.task_states(DAG_ID, rejected)
@@ -122,6 +89,17 @@ def test_only_an_approval_pays_and_every_decision_is_recorded(
         api.task_log(DAG_ID, rejected, "approve_payout"),
     )
     assert len(sandbox.state()["ledger"]) == len(IDS)  # the rejection paid nothing
+
+    # A withdrawal Airflow starts after a rejection (trigger_rule="all_done") reads it from the ledger.
+    anyway = api.trigger(ANY_DECISION_DAG_ID, "rejected", {"referral_account_ids": IDS})
+    approver.decide(ANY_DECISION_DAG_ID, anyway, "Reject")
+    assert api.finished(ANY_DECISION_DAG_ID, anyway) == "failed"
+    assert api.task_states(ANY_DECISION_DAG_ID, anyway)["withdraw_whatever_was_decided"] == "failed"
+    assert re.search(
+        r"Rejected by approver at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: nothing paid",
+        api.task_log(ANY_DECISION_DAG_ID, anyway, "withdraw_whatever_was_decided"),
+    )
+    assert len(sandbox.state()["ledger"]) == len(IDS)
 
     # Clearing the withdrawals of a rejected run, as someone might to "retry", still sends nothing.
     api(
@@ -185,7 +163,7 @@ def decide_after_checking_nothing_paid(api: Api, sandbox: FeishuSandbox, run_id:
     path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/approve_payout/-1/hitlDetails"
     wait_for(lambda: api.try_get(path), "the approval to ask a person", timeout=300)
     assert sandbox.state()["ledger"] == []  # asked, and nothing has moved yet
-    return decide(api, run_id, "Approve")
+    return api.decide(DAG_ID, run_id, "Approve")
 
 
 def test_the_trigger_user_cannot_approve_and_an_approval_binds_the_amounts_it_showed(
@@ -198,7 +176,7 @@ def test_the_trigger_user_cannot_approve_and_an_approval_binds_the_amounts_it_sh
     conf = {"referral_account_ids": IDS, "require_approval": True}
 
     own = admin.trigger(DAG_ID, "approved_by_its_trigger", conf)
-    decide(admin, own, "Approve")  # admin triggered it and approves it: HTTP 200 from Airflow, refused by us
+    admin.decide(DAG_ID, own, "Approve")  # admin triggered it and approves it: HTTP 200 from Airflow, refused by us
     assert admin.finished(DAG_ID, own) == "failed"
     assert "a second person must approve" in admin.task_log(DAG_ID, own, "approve_payout")
     assert sandbox.state()["ledger"] == []
@@ -207,7 +185,7 @@ def test_the_trigger_user_cannot_approve_and_an_approval_binds_the_amounts_it_sh
     path = f"/dags/{DAG_ID}/dagRuns/{bound}/taskInstances/approve_payout/-1/hitlDetails"
     wait_for(lambda: approver.try_get(path), "the approval to ask a person", timeout=300)
     sandbox.credit(IDS[1], point_bonus=7)  # after the preview the approver is looking at
-    decide(approver, bound, "Approve")
+    approver.decide(DAG_ID, bound, "Approve")
     assert approver.finished(DAG_ID, bound) == "failed"
     paid = {e["referral_account_id"]: e["withdrawal_details"]["point_bonus"] for e in sandbox.state()["ledger"]}
     assert paid == {IDS[0]: 300}  # the credited account was not withdrawn
@@ -221,7 +199,7 @@ def test_the_trigger_user_cannot_approve_and_an_approval_binds_the_amounts_it_sh
         {"dry_run": False, "dag_run_id": bound, "task_ids": ["preview_payout"], "include_downstream": True,
          "only_failed": False},
     )  # fmt: skip
-    decide(approver, bound, "Approve")
+    approver.decide(DAG_ID, bound, "Approve")
     assert approver.finished(DAG_ID, bound) == "success"
     paid_to = [e["referral_account_id"] for e in sandbox.state()["ledger"]]
     assert sorted(paid_to) == sorted(IDS)

@@ -20,6 +20,7 @@ from airflow_provider_feishu_hire.client import (
     check_app_type,
     check_base_url,
 )
+from airflow_provider_feishu_hire.defaults import DEFAULT_FEISHU_HIRE_CONN_ID
 from airflow_provider_feishu_hire.exceptions import APP_TICKET_CODE, SCOPE_CODE, TOKEN_CODES, FeishuAPIError
 from airflow_provider_feishu_hire.ledger import Ledger
 from airflow_provider_feishu_hire.pace import Pace, RateLimiter, SharedPace
@@ -131,7 +132,7 @@ class FeishuHireHook(BaseHook):
     """
 
     conn_name_attr = "feishu_hire_conn_id"
-    default_conn_name = "feishu_hire_default"
+    default_conn_name = DEFAULT_FEISHU_HIRE_CONN_ID
     conn_type = "feishu_hire"
     hook_name = "Feishu Hire"
 

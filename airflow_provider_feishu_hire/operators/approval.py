@@ -15,13 +15,15 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOper
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_provider_feishu_hire.defaults import DEFAULT_FEISHU_HIRE_CONN_ID
 from airflow_provider_feishu_hire.ledger import DEFAULT_LEDGER_CONN_ID, NOT_REQUIRED, NOTHING_TO_PAY
-from airflow_provider_feishu_hire.operators.referral_account import (
+from airflow_provider_feishu_hire.operators.task_helpers import (
     FEISHU_BLUE,
     feishu_and_ledger,
     input_errors_fail_the_task,
     permanent_feishu_errors_fail_the_task,
     task_try,
+    utc_text,
 )
 from airflow_provider_feishu_hire.withdrawal import (
     CASH,
@@ -55,7 +57,7 @@ class ReferralPayoutPreviewOperator(BaseOperator):
         *,
         referral_account_ids: object,
         withdraw_bonus_type: object = (POINTS, CASH),
-        feishu_hire_conn_id: str = "feishu_hire_default",
+        feishu_hire_conn_id: str = DEFAULT_FEISHU_HIRE_CONN_ID,
         ledger_conn_id: str = DEFAULT_LEDGER_CONN_ID,
         **kwargs: Any,
     ) -> None:
@@ -159,7 +161,7 @@ class ReferralPayoutApprovalOperator(ApprovalOperator):
         # Recorded before acting on it, so the ledger knows the decision whatever happens next.
         self._record(context, preview, decision, who, moment)
         self.hitl_summary_extra["approved"] = decision == self.APPROVE
-        when = _when(moment)
+        when = utc_text(moment)
         if decision != self.APPROVE:
             raise AirflowFailException(f"Rejected by {who} at {when}: nothing paid")
         if who == context["dag_run"].triggering_user_name:  # the withdrawals refuse it too, from the ledger
@@ -198,11 +200,6 @@ class ReferralPayoutApprovalOperator(ApprovalOperator):
             )
         finally:
             hook.close()
-
-
-def _when(moment: datetime) -> str:
-    """A decision's time as a person reads it anywhere: UTC, to the second, zone named."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _flag(value: object, field: str) -> bool:

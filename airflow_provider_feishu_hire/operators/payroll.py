@@ -12,8 +12,9 @@ from airflow.sdk import Asset, BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airflow_provider_feishu_hire.accounts import check_trans_time_window
+from airflow_provider_feishu_hire.defaults import DEFAULT_FEISHU_HIRE_CONN_ID
 from airflow_provider_feishu_hire.ledger import DEFAULT_LEDGER_CONN_ID, PAYROLL_SCOPES, RUN_SCOPE
-from airflow_provider_feishu_hire.operators.referral_account import FEISHU_BLUE, input_errors_fail_the_task
+from airflow_provider_feishu_hire.operators.task_helpers import FEISHU_BLUE, input_errors_fail_the_task
 from airflow_provider_feishu_hire.withdrawal import check_external_order_ids, check_referral_account_ids, plural
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ class ReferralPayrollOperator(BaseOperator):
         start_trans_time: object = None,
         end_trans_time: object = None,
         scope: str = RUN_SCOPE,
-        feishu_hire_conn_id: str = "feishu_hire_default",
+        feishu_hire_conn_id: str = DEFAULT_FEISHU_HIRE_CONN_ID,
         ledger_conn_id: str = DEFAULT_LEDGER_CONN_ID,
         **kwargs: Any,
     ) -> None:
@@ -128,7 +129,7 @@ class ReferralPayrollOperator(BaseOperator):
         self, ledger: Any, context: Context, expected: list[str], orders: dict[str, str], folder: Any
     ) -> dict[str, Any]:
         from airflow_provider_feishu_hire.ledger import OPEN_STATUSES, PayrollScope
-        from airflow_provider_feishu_hire.operators.referral_account import task_try
+        from airflow_provider_feishu_hire.operators.task_helpers import task_try
         from airflow_provider_feishu_hire.payroll import completeness
 
         task = task_try(context, ledger)
@@ -192,7 +193,7 @@ class ReferralPayrollOperator(BaseOperator):
 
     def _problems(self, ledger: Any, task: TaskTry, check: Any) -> str:
         """Why this run must not end green, for a person: its approval's verdict, unknown outcomes, who is unpaid."""
-        from airflow_provider_feishu_hire.operators.referral_account import run_approval
+        from airflow_provider_feishu_hire.operators.task_helpers import run_approval
 
         parts = []
         try:

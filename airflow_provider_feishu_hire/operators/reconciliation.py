@@ -12,8 +12,8 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_feishu_hire.accounts import check_trans_time_window
-from airflow_provider_feishu_hire.ledger import DEFAULT_LEDGER_CONN_ID
-from airflow_provider_feishu_hire.operators.referral_account import (
+from airflow_provider_feishu_hire.defaults import DEFAULT_FEISHU_HIRE_CONN_ID, DEFAULT_LEDGER_CONN_ID
+from airflow_provider_feishu_hire.operators.task_helpers import (
     FEISHU_BLUE,
     feishu_and_ledger,
     input_errors_fail_the_task,
@@ -54,7 +54,7 @@ class ReferralReconcileOperator(BaseOperator):
         *,
         start_trans_time: object = None,
         end_trans_time: object = None,
-        feishu_hire_conn_id: str = "feishu_hire_default",
+        feishu_hire_conn_id: str = DEFAULT_FEISHU_HIRE_CONN_ID,
         ledger_conn_id: str = DEFAULT_LEDGER_CONN_ID,
         **kwargs: Any,
     ) -> None:

@@ -21,7 +21,8 @@ from airflow_provider_feishu_hire.balance import (
     check_poke_interval,
     parse_account_assets,
 )
-from airflow_provider_feishu_hire.operators.referral_account import FEISHU_BLUE, input_errors_fail_the_task
+from airflow_provider_feishu_hire.defaults import DEFAULT_FEISHU_HIRE_CONN_ID
+from airflow_provider_feishu_hire.operators.task_helpers import FEISHU_BLUE, input_errors_fail_the_task
 from airflow_provider_feishu_hire.withdrawal import UnreadableAnswer, check_referral_account_id
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ class ReferralBalanceSensor(BaseSensorOperator):
         min_point_bonus: object = None,
         min_cash_bonus: object = None,
         currency_type: str | None = None,
-        feishu_hire_conn_id: str = "feishu_hire_default",
+        feishu_hire_conn_id: str = DEFAULT_FEISHU_HIRE_CONN_ID,
         deferrable: bool = True,
         **kwargs: Any,
     ) -> None:

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
+from airflow_provider_feishu_hire.defaults import DEFAULT_FEISHU_HIRE_CONN_ID
+
 if TYPE_CHECKING:
     from airflow.triggers.shared_stream import AdvanceItem, SharedStreamProducer
 
@@ -86,7 +88,7 @@ class FeishuReferralAssetsTrigger(BaseEventTrigger):
     after a random delay up to Feishu's ``ReconnectNonce``, then every ``ReconnectInterval``.
     """
 
-    def __init__(self, feishu_hire_conn_id: str = "feishu_hire_default", remember: int = 1000) -> None:
+    def __init__(self, feishu_hire_conn_id: str = DEFAULT_FEISHU_HIRE_CONN_ID, remember: int = 1000) -> None:
         super().__init__()
         if remember < 1:
             raise ValueError("remember must be at least 1 event id")

@@ -35,6 +35,7 @@ from airflow_provider_feishu_hire.client import (
     tenant_token_flow,
     token_refresh_delay,
 )
+from airflow_provider_feishu_hire.defaults import DEFAULT_FEISHU_HIRE_CONN_ID
 from airflow_provider_feishu_hire.exceptions import APP_TICKET_CODE, FeishuAPIError
 from airflow_provider_feishu_hire.hooks.feishu_hire import (
     FeishuConnectionSettings,
@@ -61,7 +62,7 @@ class ReferralBalanceTrigger(BaseTrigger):
         min_cash_bonus: str | None = None,
         currency_type: str | None = None,
         poke_interval: float = 60.0,
-        feishu_hire_conn_id: str = "feishu_hire_default",
+        feishu_hire_conn_id: str = DEFAULT_FEISHU_HIRE_CONN_ID,
     ) -> None:
         super().__init__()
         self.referral_account_id = check_referral_account_id(referral_account_id)
