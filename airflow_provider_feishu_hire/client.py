@@ -34,6 +34,7 @@ from airflow_provider_feishu_hire.exceptions import (
     TOKEN_CODES,
     TRANSIENT_CODES,
     FeishuAPIError,
+    Reach,
 )
 from airflow_provider_feishu_hire.pace import Pace
 from airflow_provider_feishu_hire.withdrawal import (
@@ -540,7 +541,7 @@ class FeishuClient:
         deadline = time.monotonic() + self.retry.budget
         attempt = 0
         token_replayed = False
-        reached = False  # an earlier attempt may have been acted on by Feishu
+        earlier = Reach.NOT_SENT  # how far this call's attempts so far got
         while True:
             attempt += 1
             headers = {}
@@ -551,7 +552,7 @@ class FeishuClient:
                 try:
                     token = self.get_tenant_access_token()
                 except FeishuAPIError as err:
-                    raise err.with_context(context, uncertain=reached, sent=False) from None
+                    raise err.with_context(context, earlier=earlier, sent=False) from None
                 headers["Authorization"] = f"Bearer {token}"
             if limiter is not None:
                 limiter.acquire()
@@ -566,8 +567,8 @@ class FeishuClient:
                     continue
                 delay = self._retry_delay(err, attempt, deadline)
                 if delay is None:
-                    raise err.with_context(context, uncertain=reached) from None
-                reached = reached or err.may_have_reached_feishu
+                    raise err.with_context(context, earlier=earlier) from None
+                earlier = err.reach.after(earlier)
                 log.warning(
                     "%s; attempt %d of %d failed, retrying in %.2fs",
                     err.with_context(context),

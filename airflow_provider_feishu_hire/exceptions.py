@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from enum import Enum
+
 # Codes after which asking again cannot succeed: the request, the account, the app's
 # scopes, its allowlist or its quota must change first. Retrying them only burns quota.
 PERMANENT_CODES = frozenset(
@@ -28,6 +30,37 @@ SCOPE_CODE = 99991672
 APP_TICKET_CODE = 10012
 
 
+class Reach(str, Enum):
+    """How far a failed call got: the one fact about it the payout ledger needs, decided here and nowhere else.
+
+    "Unknown" means Feishu may have acted: no answer came (a timeout, a dropped connection,
+    a 5xx, a system error). A call retries inside itself, so a refusal can follow an
+    attempt that got no answer: then it proves nothing about that attempt.
+    """
+
+    NOT_SENT = "never reached the endpoint"  # its token could not be had, or the gateway turned it away
+    NOT_SENT_AFTER_UNKNOWN = "never reached the endpoint, after an attempt with no answer"
+    REFUSED = "refused by the endpoint"
+    REFUSED_AFTER_UNKNOWN = "refused by the endpoint, after an attempt with no answer"
+    UNKNOWN = "no answer: Feishu may have acted"
+
+    @property
+    def reached_endpoint(self) -> bool:
+        """This attempt got to the endpoint (or may have): its answer speaks for the call."""
+        return self in (Reach.REFUSED, Reach.REFUSED_AFTER_UNKNOWN, Reach.UNKNOWN)
+
+    @property
+    def may_have_acted(self) -> bool:
+        """Some attempt of the call may have been acted on by Feishu."""
+        return self in (Reach.NOT_SENT_AFTER_UNKNOWN, Reach.REFUSED_AFTER_UNKNOWN, Reach.UNKNOWN)
+
+    def after(self, earlier: Reach) -> Reach:
+        """This attempt's reach, given how far the call's earlier attempts got."""
+        if not earlier.may_have_acted or self.may_have_acted:
+            return self
+        return Reach.REFUSED_AFTER_UNKNOWN if self.reached_endpoint else Reach.NOT_SENT_AFTER_UNKNOWN
+
+
 class FeishuAPIError(Exception):
     """A Feishu call that did not succeed.
 
@@ -35,11 +68,9 @@ class FeishuAPIError(Exception):
     a dropped connection, a timeout, an HTML page from a gateway). ``log_id`` is the
     ``X-Tt-Logid`` to quote to Feishu support. ``retryable`` says whether the same call
     may succeed later; the client decides it once, so callers never re-derive it.
-    ``uncertain`` says an earlier attempt of the same call failed in a way that may have
-    reached Feishu (a timeout, a dropped connection, a 5xx): a refusal now does not prove
-    that nothing was committed before. ``sent`` is False when the call itself never left:
-    its tenant token could not be had (a wrong secret, a stale ``app_ticket``), so the
-    error says nothing about the endpoint.
+    ``reach`` says how far the call got (:class:`Reach`): whether Feishu may have acted on
+    it, and whether this refusal came from the endpoint at all (a wrong secret, a stale
+    ``app_ticket``, the gateway's rate limit or token check come before it).
     The message never carries the App Secret or a token: only what Feishu sent back
     and the resource we were working on.
     """
@@ -54,8 +85,7 @@ class FeishuAPIError(Exception):
         retryable: bool = False,
         retry_after: float | None = None,
         context: str | None = None,
-        uncertain: bool = False,
-        sent: bool = True,
+        reach: Reach | None = None,
     ) -> None:
         self.code = code
         self.msg = msg
@@ -64,8 +94,7 @@ class FeishuAPIError(Exception):
         self.retryable = retryable
         self.retry_after = retry_after
         self.context = context
-        self.uncertain = uncertain
-        self.sent = sent
+        self.reach = self._own_reach() if reach is None else reach
         super().__init__(self._describe())
 
     @property
@@ -76,10 +105,11 @@ class FeishuAPIError(Exception):
     def is_rate_limited(self) -> bool:
         return self.code == RATE_LIMIT_CODE or self.http_status == 429
 
-    @property
-    def may_have_reached_feishu(self) -> bool:
-        """A failure after which Feishu may have acted: not a refusal at its gateway or auth layer."""
-        return self.retryable and not self.is_rate_limited and not self.is_token_error
+    def _own_reach(self) -> Reach:
+        """This attempt alone: the gateway's refusals never reached the endpoint; a retryable failure may have."""
+        if self.is_rate_limited or self.is_token_error:
+            return Reach.NOT_SENT
+        return Reach.UNKNOWN if self.retryable else Reach.REFUSED
 
     def _describe(self) -> str:
         head = f"Feishu error {self.code}: {self.msg}" if self.code is not None else f"Feishu call failed: {self.msg}"
@@ -92,14 +122,12 @@ class FeishuAPIError(Exception):
         text = f"{head} ({', '.join(facts)})"
         return f"{text} while {self.context}" if self.context else text
 
-    @property
-    def reached_endpoint(self) -> bool:
-        """Whether this error came from the endpoint called, or may have (no answer): not from the token
-        fetch before it, nor from the gateway's rate limit or token check in front of it."""
-        return self.sent and not self.is_rate_limited and not self.is_token_error
+    def with_context(self, context: str, *, earlier: Reach = Reach.NOT_SENT, sent: bool = True) -> FeishuAPIError:
+        """Name what we were doing (e.g. the account id) without losing Feishu's facts.
 
-    def with_context(self, context: str, *, uncertain: bool = False, sent: bool = True) -> FeishuAPIError:
-        """Name what we were doing (e.g. the account id) without losing Feishu's facts."""
+        ``earlier``: how far the call's earlier attempts got; ``sent`` false: this attempt
+        never left (its token could not be had), whatever the token endpoint answered.
+        """
         return FeishuAPIError(
             self.msg,
             code=self.code,
@@ -108,6 +136,5 @@ class FeishuAPIError(Exception):
             retryable=self.retryable,
             retry_after=self.retry_after,
             context=context,
-            uncertain=self.uncertain or uncertain,
-            sent=self.sent and sent,
+            reach=(self.reach if sent else Reach.NOT_SENT).after(earlier),
         )

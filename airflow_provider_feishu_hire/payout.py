@@ -150,8 +150,8 @@ def _withdraw(
             msg=err.msg,
             log_id=err.log_id,
             retryable=err.retryable,
-            uncertain=err.uncertain,
-            reached=err.reached_endpoint,
+            uncertain=err.reach.may_have_acted,
+            reached=err.reach.reached_endpoint,
         )
         if row.withdrawal is not None:  # another try of this order id recorded the payment meanwhile
             return Outcome(account_id, order_id, CARRIED_OVER, row.withdrawal)
