@@ -481,7 +481,7 @@ def test_the_chart_sums_again_a_day_that_gained_a_payment(clients: Clients, ledg
     alice = clients.as_("alice")
     before = alice.get("/api/paid-per-day", params=params).json()
     assert before["totals"]["cash_bonus"] == {"CNY": "1101.995", "USD": "2.50"}
-    pay(ledger, "1007", "7007", points=1, cash={"CNY": "0.005"}, at=T0 + 60_000)
+    pay(ledger, "1007", "7007", points=1, cash={"CNY": "0.01"}, at=T0 + 60_000)
     proposal = ledger.propose_settlement(
         "1004",
         paid=True,
@@ -494,10 +494,10 @@ def test_the_chart_sums_again_a_day_that_gained_a_payment(clients: Clients, ledg
     ledger.confirm_settlement(proposal.id, "b")
     after = alice.get("/api/paid-per-day", params=params).json()
     assert after["days"] == [
-        {"day": "2026-11-30", "withdrawals": 4, "point_bonus": 1016, "cash_bonus": {"CNY": "1101.000", "USD": "2.50"}},
+        {"day": "2026-11-30", "withdrawals": 4, "point_bonus": 1016, "cash_bonus": {"CNY": "1101.005", "USD": "2.50"}},
         {"day": "2026-12-01", "withdrawals": 2, "point_bonus": 9, "cash_bonus": {"CNY": "1.00", "USD": "1.10"}},
     ]
-    assert after["totals"] == {"withdrawals": 6, "point_bonus": 1025, "cash_bonus": {"CNY": "1102.000", "USD": "3.60"}}
+    assert after["totals"] == {"withdrawals": 6, "point_bonus": 1025, "cash_bonus": {"CNY": "1102.005", "USD": "3.60"}}
     # Another user's view (other DAGs readable) is kept apart from alice's.
     assert clients.as_("viewer").get("/api/paid-per-day", params=params).json()["totals"]["point_bonus"] == 25
 

@@ -339,6 +339,11 @@ _CACHE_KEYS = 256
 _cash_by_day = _CashByDay()
 
 
+def _day(ledger: Ledger) -> str:
+    """The UTC day number (days since 1970-01-01) of ``w.trans_time``: integer division (MySQL's ``/`` is not)."""
+    return f"w.trans_time DIV {DAY_MS}" if ledger.dialect == "mysql" else f"w.trans_time / {DAY_MS}"
+
+
 def _cash_sums(
     ledger: Ledger, cur: Any, where: str, params: list[Any], group: str | None
 ) -> dict[int, dict[str, Decimal]]:
@@ -347,7 +352,7 @@ def _cash_sums(
     key, by = (group, f"{group}, ") if group else ("0", "")
     join = f"FROM feishu_hire_withdrawal_cash c JOIN feishu_hire_withdrawal w ON w.external_order_id = " \
            f"c.external_order_id WHERE {where}"  # fmt: skip
-    if ledger.dialect == "postgresql":
+    if ledger.dialect != "sqlite":  # NUMERIC / DECIMAL: exact sums
         cur.execute(f"SELECT {key}, c.currency_type, 0, sum(c.amount) {join} GROUP BY {by}c.currency_type", params)
     else:  # decimal text: add digits as integers per scale, exactly (an overflow is an error, not a rounding)
         scale = "CASE WHEN instr(c.amount, '.') = 0 THEN 0 ELSE length(c.amount) - instr(c.amount, '.') END"
@@ -358,7 +363,7 @@ def _cash_sums(
         )
     sums: dict[int, dict[str, Decimal]] = {}
     for number, currency, places, total in cur.fetchall():
-        amount = _money(total) if ledger.dialect == "postgresql" else Decimal(int(total)).scaleb(-int(places))
+        amount = _money(total) if ledger.dialect != "sqlite" else Decimal(int(total)).scaleb(-int(places))
         cash = sums.setdefault(int(number), {})
         cash[currency] = cash.get(currency, Decimal(0)) + amount
     return sums
@@ -369,7 +374,7 @@ def _cash_per_day(
 ) -> dict[int, dict[str, Decimal]]:
     """Cash per currency per day number of paid withdrawals with ``start <= trans_time < end``, summed in SQL."""
     where = f"{where} AND w.trans_time >= ? AND w.trans_time < ?"
-    return _cash_sums(ledger, cur, where, [*params, start, end], f"w.trans_time / {DAY_MS}")
+    return _cash_sums(ledger, cur, where, [*params, start, end], _day(ledger))
 
 
 def totals(ledger: Ledger, flt: WithdrawalFilter, readable: Collection[str]) -> dict[str, Any]:
@@ -424,8 +429,8 @@ def paid_per_day(
     counted: dict[int, tuple[int, int]] = {}
     with ledger._transaction(write=False) as cur:
         cur.execute(
-            f"SELECT w.trans_time / {DAY_MS}, count(*), sum(w.point_bonus) FROM feishu_hire_withdrawal w "
-            f"WHERE {where} AND w.trans_time >= ? AND w.trans_time < ? GROUP BY w.trans_time / {DAY_MS}",
+            f"SELECT {_day(ledger)}, count(*), sum(w.point_bonus) FROM feishu_hire_withdrawal w "
+            f"WHERE {where} AND w.trans_time >= ? AND w.trans_time < ? GROUP BY {_day(ledger)}",
             [*params, start, end],
         )
         for number, count, points in cur.fetchall():
