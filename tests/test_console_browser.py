@@ -164,7 +164,9 @@ def test_the_console_in_airflows_navigation_shows_the_runs_withdrawals_and_total
     expect(review.locator(".status-review")).to_have_text("review")
     # The task that sent it, linked to Airflow's task page.
     expect(review.get_by_role("link", name="withdraw_referral_account", exact=False)).to_have_attribute(
-        "href", f"/dags/{DAG_ID}/runs/{payday.run_id}/tasks/withdraw_referral_account/mapped/1"
+        "href",
+        f"/dags/{DAG_ID}/runs/{payday.run_id}/tasks/withdraw_referral_account/mapped/"
+        f"{ACCOUNTS.index(payday.review_account)}",  # mapped over the accounts in their order
     )
     totals.scroll_into_view_if_needed()
     admin.locator("#withdrawals").scroll_into_view_if_needed()
