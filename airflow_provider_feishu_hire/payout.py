@@ -287,13 +287,13 @@ def _nothing_to_withdraw(assets: dict[str, Any], bonus_types: Sequence[int]) -> 
         balance = parse_account_assets("", assets)
     except UnreadableAnswer:
         return None
-    if not balance.enabled:
-        return None  # deactivated: let Feishu refuse it, so the ledger says why it was not paid
     points = POINTS in bonus_types and balance.point_bonus != 0
     cash = CASH in bonus_types and any(amount != 0 for amount in balance.cash_bonus.values())
     if points or cash:
-        return None
-    return f"balance {balance.point_bonus} points, cash {format_cash(balance.cash_bonus) or 'none'}"
+        return None  # a deactivated account too: Feishu refuses it, and the ledger says who is owed money
+    # An empty account is skipped even when deactivated (a leaver paid out before): nobody is owed anything,
+    # so a sweep over every known account does not fail on each leaver.
+    return f"balance {balance.describe()}" + ("" if balance.enabled else ", deactivated")
 
 
 @dataclass

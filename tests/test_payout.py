@@ -92,6 +92,18 @@ def test_balance_check_skips_empty_accounts_without_spending_withdraw_quota(ledg
     assert (summary.paid, summary.skipped) == (4, 4)
 
 
+def test_a_balance_check_skips_an_empty_deactivated_account_and_names_one_still_owed_money(ledger: Ledger) -> None:
+    """A sweep reads every known account, leavers included: an empty one is nothing owed; one with money is named."""
+    leaver = Account("7200000000000000002", enabled=False)
+    owed = Account("7200000000000000003", point_bonus=5, enabled=False)
+    with FeishuSandbox([leaver, owed], rate_limits=False) as sandbox, client_for(sandbox) as client:
+        summary = batch(client, ledger, [leaver.account_id, owed.account_id], check_balances=True)
+        assert sandbox.requests["withdraw"] == 1  # only the account that holds money was sent, and refused
+    assert (summary.skipped, summary.rejected) == (1, 1)
+    statuses = {row.referral_account_id: row.status for row in ledger.rows(**THE_RUN)}
+    assert statuses == {leaver.account_id: "skipped", owed.account_id: REJECTED}
+
+
 def test_an_account_whose_answer_was_lost_is_never_skipped_by_a_retry_on_another_worker(ledger: Ledger) -> None:
     """Feishu paid, the answer was lost, the balance is now zero: the retry must still record the payment."""
     (account,) = accounts(1, start=3)
@@ -203,12 +215,10 @@ from airflow_provider_feishu_hire.ledger import Intent, Ledger
 from airflow_provider_feishu_hire.pace import RateLimiter, SharedPace
 from airflow_provider_feishu_hire.payout import withdraw_batch
 from airflow_provider_feishu_hire.withdrawal import derive_external_order_id
-from tests.conftest import postgres_ledger_connection
+from tests.conftest import connect_to
 url, dialect, where, ids, per_second = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(","), float(sys.argv[5])
 run = {run!r}
-connect = (lambda: sqlite3.connect(where, isolation_level=None, check_same_thread=False)) if dialect == "sqlite" \\
-    else postgres_ledger_connection(where)
-ledger = Ledger(connect, dialect)
+ledger = Ledger(connect_to(dialect, where), dialect)
 shared = sys.argv[6] == "shared"
 pace = lambda key, limit: SharedPace(ledger.reserve_wait, "{app_id}:" + key, limit, 1.0) if shared \\
     else RateLimiter(limit, 1.0)
@@ -237,6 +247,9 @@ def ledger_location(ledger: Ledger) -> str:
     conn = ledger._connection()
     if ledger.dialect == "sqlite":
         return str(conn.execute("PRAGMA database_list").fetchone()[2])
+    if ledger.dialect == "mysql":
+        user, db = (v.decode() if isinstance(v, bytes) else v for v in (conn.user, conn.db))
+        return f"mysql://{user}@{conn.host}:{conn.port}/{db}"
     info = conn.info
     return f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}"
 
