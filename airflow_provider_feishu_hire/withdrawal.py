@@ -19,7 +19,6 @@ from airflow_provider_feishu_hire.defaults import CENT
 
 POINTS = 1
 CASH = 2
-BONUS_TYPE_NAMES = {POINTS: "points", CASH: "cash"}
 _BONUS_TYPES = {"1": POINTS, "points": POINTS, "2": CASH, "cash": CASH}
 
 # Feishu's ids are long digit strings; letters, digits, '_' and '-' leave room for other
