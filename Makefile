@@ -13,11 +13,13 @@ VENV := .venv
 LOWEST_VENV := .venv-lowest
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: demo airflow airflow-celery venvs test lint typecheck pytest pytest-lowest browser-deps postgres-deps redis-deps clean
+.PHONY: demo airflow airflow-celery venvs test lint typecheck pytest pytest-lowest browser-deps postgres-deps mariadb-deps redis-deps clean
 
 # The ledger tests start their own PostgreSQL server (Debian's postgresql: initdb and
 # pg_ctl on a port of their own); `make test` insists that they run.
 export FEISHU_HIRE_TEST_POSTGRES := required
+# ... and their own MariaDB (Debian's mariadb-server: mariadb-install-db and mariadbd in a temporary folder).
+export FEISHU_HIRE_TEST_MARIADB := required
 
 # Each venv in two steps: Airflow alone (most of the download; `make venvs` does both venvs'
 # at once), then the provider, editable, with its dev tools. The editable step writes the
@@ -85,6 +87,14 @@ postgres-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	else echo "PostgreSQL is missing and cannot be installed here: install Debian's postgresql"; exit 1; fi
 
+# Debian's MariaDB server binaries, installed when missing and we may use apt; no server is started
+# here (the tests run their own, on a port of their own, and stop it).
+mariadb-deps:
+	@if command -v mariadb-install-db >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server >/dev/null; \
+	else echo "MariaDB is missing and cannot be installed here: install Debian's mariadb-server"; exit 1; fi
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -101,7 +111,7 @@ PYTEST_XDIST ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 # The Celery stack runs alone afterwards: its tests assert that workers on two machines keep
 # Feishu's pace with zero 429s, and with another Airflow beside it on 2 cores they saw 429s.
-pytest: $(VENV)/.installed browser-deps postgres-deps redis-deps
+pytest: $(VENV)/.installed browser-deps postgres-deps mariadb-deps redis-deps
 	$(VENV)/bin/pytest $(PYTEST_XDIST) -m "not distributed"
 	$(VENV)/bin/pytest -m distributed
 
@@ -114,7 +124,7 @@ pytest: $(VENV)/.installed browser-deps postgres-deps redis-deps
 # other path); and the ledger and payout core (test_ledger, test_payout). The rest (the sandbox,
 # the client, the event long connection, the payroll maths, and what needs Airflow 3.3) runs
 # once, above; the browser and the Celery stack run on the current Airflow only.
-pytest-lowest: $(LOWEST_VENV)/.installed postgres-deps
+pytest-lowest: $(LOWEST_VENV)/.installed postgres-deps mariadb-deps
 	$(LOWEST_VENV)/bin/pytest $(PYTEST_XDIST) -m "lowest and not browser and not distributed"
 
 test: venvs lint typecheck pytest pytest-lowest

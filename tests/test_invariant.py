@@ -12,7 +12,6 @@ own ledger, and no withdrawal may be left without a known outcome.
 
 from __future__ import annotations
 
-import sqlite3
 import tempfile
 import threading
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from airflow_provider_feishu_hire.ledger import OPEN_STATUSES, Intent, Ledger
 from airflow_provider_feishu_hire.payout import withdraw_batch
 from airflow_provider_feishu_hire.sandbox import DEFAULT_APP_ID, DEFAULT_APP_SECRET, Account, FeishuSandbox
 from airflow_provider_feishu_hire.withdrawal import derive_external_order_id
-from tests.conftest import PostgresServer, assert_paid_exactly_once, postgres_ledger_connection
+from tests.conftest import LEDGER_DATABASES, assert_paid_exactly_once, ledger_connection
 
 RUN = {"dag_id": "payroll", "run_id": "scheduled__2026-11-01T00:00:00+00:00", "task_id": "withdraw"}
 FAULTS = ("http_500", "drop_after_commit", "html_page", "revoke_token")
@@ -54,18 +53,13 @@ tries = st.fixed_dictionaries(
 balances = st.lists(st.tuples(st.integers(0, 500), st.integers(0, 99999)), min_size=len(IDS), max_size=len(IDS))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=LEDGER_DATABASES)
 def new_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Ledger]:
     """A fresh, empty ledger for each generated example."""
-    if request.param == "sqlite":
-
-        def make() -> Ledger:
-            path = Path(tempfile.mkdtemp(dir=tmp_path)) / "ledger.db"
-            return Ledger(lambda: sqlite3.connect(path, check_same_thread=False, isolation_level=None), "sqlite")
-
-        return make
-    server: PostgresServer = request.getfixturevalue("postgres")
-    return lambda: Ledger(postgres_ledger_connection(server.new_database()), "postgresql")
+    dialect = request.param
+    return lambda: Ledger(
+        ledger_connection(request, dialect, Path(tempfile.mkdtemp(dir=tmp_path)) / "ledger.db"), dialect
+    )
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -7,8 +7,6 @@ PostgreSQL database. Facts are read back through the ledger's own API (often a s
 
 from __future__ import annotations
 
-import functools
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from airflow_provider_feishu_hire.ledger import (
     PAID,
     REJECTED,
     REVIEW,
-    SCHEMA_VERSION,
     SENDING,
     SKIPPED,
     Claim,
@@ -34,8 +32,9 @@ from airflow_provider_feishu_hire.ledger import (
     NeedsReview,
     OrderIdConflict,
 )
+from airflow_provider_feishu_hire.ledger.migrations import PRE_ALEMBIC_REFUSAL, VERSION_TABLE, head
 from airflow_provider_feishu_hire.withdrawal import CASH, POINTS, Withdrawal
-from tests.conftest import PostgresServer, postgres_ledger_connection
+from tests.conftest import ledger_connection
 
 pytestmark = pytest.mark.lowest  # also run on the lowest supported Airflow (Makefile: pytest-lowest)
 
@@ -89,16 +88,10 @@ def withdrawal(
 
 
 def query(ledger: Ledger, sql: str, *params: object) -> list[tuple[Any, ...]]:
-    """Plain SQL (``?`` placeholders) on a connection of its own, committed: what any other process would see."""
-    conn = ledger._connect()
-    try:
-        cursor = conn.cursor()
-        cursor.execute(sql.replace("?", "%s") if ledger.dialect == "postgresql" else sql, params)
-        found = list(cursor.fetchall()) if cursor.description is not None else []
-        conn.commit()
-        return found
-    finally:
-        conn.close()
+    """Plain SQL (``?`` placeholders) in a transaction of its own, committed: what any other process would see."""
+    with ledger._transaction() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall() if sql.lstrip().upper().startswith("SELECT") else []
 
 
 def attempts(ledger: Ledger, order_id: str = ORDER) -> list[tuple[Any, ...]]:
@@ -237,13 +230,17 @@ def test_money_is_stored_as_exact_decimal_never_a_float(ledger: Ledger) -> None:
         assert types == [("text",)]
         stored = dict(query(ledger, "SELECT currency_type, amount FROM feishu_hire_withdrawal_cash"))
         assert stored == {currency: str(amount) for currency, amount in EXACT_CASH.items()}
-    else:
-        types = query(ledger, "SELECT DISTINCT pg_typeof(amount)::text FROM feishu_hire_withdrawal_cash")
-        assert types == [("numeric",)]
+    else:  # an exact decimal column: PostgreSQL's NUMERIC keeps each amount's scale, MySQL's needs one
+        [(kind, precision, scale)] = query(
+            ledger,
+            "SELECT data_type, numeric_precision, numeric_scale FROM information_schema.columns "
+            "WHERE table_name = 'feishu_hire_withdrawal_cash' AND column_name = 'amount' AND table_schema = "
+            + ("DATABASE()" if ledger.dialect == "mysql" else "current_schema()"),
+        )
+        assert (str(kind).lower(), precision, scale) in {("numeric", None, None), ("decimal", 38, 12)}
         stored = dict(query(ledger, "SELECT currency_type, amount FROM feishu_hire_withdrawal_cash"))
-        assert {currency: str(amount) for currency, amount in stored.items()} == {
-            currency: str(amount) for currency, amount in EXACT_CASH.items()
-        }
+        assert all(type(amount) is Decimal for amount in stored.values())
+        assert stored == EXACT_CASH
 
 
 def test_points_only_withdrawal_reads_back_with_no_cash(ledger: Ledger) -> None:
@@ -550,52 +547,40 @@ def test_migrate_is_idempotent_and_keeps_the_data(ledger: Ledger) -> None:
         other.migrate()
         assert other.claim(intent(try_number=2)).paid == paid
 
-    assert query(ledger, "SELECT version FROM feishu_hire_ledger_schema") == [(SCHEMA_VERSION,)]
+    assert query(ledger, f"SELECT version_num FROM {VERSION_TABLE}") == [(head(),)]
+    # Releases before Alembic read this table, and refuse a version above theirs (3).
+    assert query(ledger, "SELECT version FROM feishu_hire_ledger_schema") == [(PRE_ALEMBIC_REFUSAL,)]
     assert cash_row_count(ledger) == len(paid.cash_bonus)
 
 
 def test_a_ledger_written_by_a_newer_provider_is_refused(ledger: Ledger) -> None:
     ledger.claim(intent())
+    query(ledger, f"UPDATE {VERSION_TABLE} SET version_num = ?", "9999_from_the_future")
+
+    with second_ledger(ledger) as other, pytest.raises(LedgerError, match="upgrade") as raised:
+        other.migrate()
+
+    assert "9999_from_the_future" in str(raised.value)
+    assert status(ledger) == SENDING  # refused without touching anything
+    assert query(ledger, f"SELECT version_num FROM {VERSION_TABLE}") == [("9999_from_the_future",)]
+
+
+def test_a_newer_mark_in_the_version_table_of_releases_before_alembic_is_refused(ledger: Ledger) -> None:
     query(
         ledger,
         "INSERT INTO feishu_hire_ledger_schema (version, migrated_at) VALUES (?, ?)",
-        SCHEMA_VERSION + 1,
+        PRE_ALEMBIC_REFUSAL + 1,
         "2030-01-01T00:00:00.000+00:00",
     )
-
-    with second_ledger(ledger) as other, pytest.raises(LedgerError, match="upgrad") as raised:
+    with second_ledger(ledger) as other, pytest.raises(LedgerError, match="upgrade") as raised:
         other.migrate()
-
-    assert str(SCHEMA_VERSION + 1) in str(raised.value)
-    assert status(ledger) == SENDING  # refused without touching anything
-
-
-def test_a_version_1_ledger_gains_the_new_tables_and_keeps_its_rows(ledger: Ledger) -> None:
-    claimed = ledger.claim(intent())
-    for table in ("feishu_hire_reconciliation_mismatch", "feishu_hire_reconciliation", "feishu_hire_registration",
-                  "feishu_hire_approval"):  # fmt: skip
-        query(ledger, f"DROP TABLE {table}")
-    query(ledger, "DELETE FROM feishu_hire_ledger_schema")
-    query(ledger, "INSERT INTO feishu_hire_ledger_schema (version, migrated_at) VALUES (1, '2026-11-01T00:00:00')")
-
-    with second_ledger(ledger) as other:
-        other.migrate()
-        other.record_registration("cli_a", "a@example.com", "7001")
-        assert other.registered_account("cli_a", "a@example.com") == "7001"
-        assert other.get(claimed.intent.external_order_id) is not None
-    assert query(ledger, "SELECT max(version) FROM feishu_hire_ledger_schema") == [(SCHEMA_VERSION,)]
+    assert f"schema version {PRE_ALEMBIC_REFUSAL + 1}" in str(raised.value)
 
 
 def test_workers_migrating_a_fresh_ledger_at_once_all_succeed(
     ledger: Ledger, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    if ledger.dialect == "postgresql":
-        server: PostgresServer = request.getfixturevalue("postgres")
-        connect: Callable[[], Any] = postgres_ledger_connection(server.new_database())
-    else:
-        connect = functools.partial(
-            sqlite3.connect, tmp_path / "fresh.db", check_same_thread=False, isolation_level=None
-        )
+    connect = ledger_connection(request, ledger.dialect, tmp_path / "fresh.db")
     start = threading.Barrier(4)
 
     def worker_starts(try_number: int) -> None:
@@ -609,7 +594,8 @@ def test_workers_migrating_a_fresh_ledger_at_once_all_succeed(
 
     with Ledger(connect, ledger.dialect) as fresh:
         assert len(fresh.rows(statuses=(SENDING,))) == 4
-        assert query(fresh, "SELECT DISTINCT version FROM feishu_hire_ledger_schema") == [(SCHEMA_VERSION,)]
+        assert query(fresh, "SELECT DISTINCT version FROM feishu_hire_ledger_schema") == [(PRE_ALEMBIC_REFUSAL,)]
+        assert query(fresh, f"SELECT version_num FROM {VERSION_TABLE}") == [(head(),)]
 
 
 # -- concurrency --------------------------------------------------------------------------------------
@@ -675,32 +661,14 @@ def test_two_processes_interleaving_claims_and_payments_never_lose_or_duplicate_
 # -- known gaps: each pins a case where the ledger breaks its own contract (strict: fix, then unmark) ------
 
 
-class _PausingCursor:
-    def __init__(self, cursor: Any, before_update: Callable[[], None]) -> None:
-        self._cursor = cursor
-        self._before_update = before_update
+def pause_before_updating_a_withdrawal(ledger: Ledger, pause: Callable[[], None]) -> None:
+    """Run ``pause`` just before each write to a withdrawal row, inside that write's transaction."""
 
-    def execute(self, sql: str, params: Any = ()) -> Any:
-        if sql.startswith("UPDATE feishu_hire_withdrawal SET"):
-            self._before_update()
-        return self._cursor.execute(sql, params)
+    def before(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().startswith("UPDATE feishu_hire_withdrawal SET"):
+            pause()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cursor, name)
-
-
-class _PausingConnection:
-    """A DB-API connection that runs a callback just before the first write to a withdrawal row."""
-
-    def __init__(self, conn: Any, before_update: Callable[[], None]) -> None:
-        self._conn = conn
-        self._before_update = before_update
-
-    def cursor(self) -> _PausingCursor:
-        return _PausingCursor(self._conn.cursor(), self._before_update)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
+    event.listen(ledger.engine, "before_cursor_execute", before)
 
 
 def test_a_claim_racing_a_payment_never_reopens_the_paid_row(ledger: Ledger, request: pytest.FixtureRequest) -> None:
@@ -718,7 +686,8 @@ def test_a_claim_racing_a_payment_never_reopens_the_paid_row(ledger: Ledger, req
         payer.start()
         payer.join(timeout=0.5)  # on a database that locks the row (or the file) it waits for the retry instead
 
-    with Ledger(lambda: _PausingConnection(ledger._connect(), zombie_pays_now), ledger.dialect) as retry_process:
+    with second_ledger(ledger) as retry_process:
+        pause_before_updating_a_withdrawal(retry_process, zombie_pays_now)
         retry = retry_process.claim(intent(try_number=2))
         assert payer_done.wait(timeout=10)
         if retry.paid is None:

@@ -1,8 +1,11 @@
 """The Airflow side of the payout ledger: a connection id in, a migrated :class:`Ledger` out.
 
-The ledger lives in any database Airflow users already run, through common-sql's
-``DbApiHook`` (PostgreSQL via ``apache-airflow-providers-postgres``; SQLite). Without a
-``feishu_hire_ledger`` connection it is an embedded SQLite file in ``$AIRFLOW_HOME``: zero
+The ledger lives in a database Airflow users already run, through an SQLAlchemy engine made
+from the connection: PostgreSQL by common-sql's ``DbApiHook.get_sqlalchemy_engine()``
+(``apache-airflow-providers-postgres``, the ``[postgres]`` extra); MySQL/MariaDB (conn type
+``mysql``) with PyMySQL (the ``[mysql]`` extra: pure Python, no compiler, unlike the
+``mysqlclient`` that ``apache-airflow-providers-mysql`` requires); SQLite (a file). Without
+a ``feishu_hire_ledger`` connection it is an embedded SQLite file in ``$AIRFLOW_HOME``: zero
 configuration on one machine, and refused where tasks run on several machines, since a
 file per worker would split the one record of what was paid.
 """
@@ -10,56 +13,37 @@ file per worker would split the one record of what was paid.
 from __future__ import annotations
 
 import os
-import sqlite3
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from airflow.providers.common.sql.hooks.sql import DbApiHook
-from airflow.sdk import BaseHook, Connection
+from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
+from sqlalchemy import URL, create_engine
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
 
 from airflow_provider_feishu_hire.ledger import DEFAULT_LEDGER_CONN_ID, Ledger, LedgerError
 
 EMBEDDED_LEDGER_FILE = "feishu_hire_ledger.db"
 # Executors whose tasks run on other machines, each with its own $AIRFLOW_HOME.
 DISTRIBUTED_EXECUTORS = ("CeleryExecutor", "KubernetesExecutor", "EdgeExecutor", "CeleryKubernetesExecutor")
-PAYROLL_TABLE = "feishu_hire_payroll"
+MYSQL_CONN_TYPES = ("mysql", "mariadb")
 
 
-class SqliteLedgerDbHook(DbApiHook):
-    """A SQLite file as a ``DbApiHook``, so the embedded ledger needs no extra provider.
-
-    Connections are opened in autocommit mode, shareable across threads (the ledger gives
-    each thread its own anyway) and wait up to a minute for another writer's lock.
-    """
-
-    conn_name_attr = "sqlite_conn_id"
-    default_conn_name = DEFAULT_LEDGER_CONN_ID
-    conn_type = "sqlite"
-    hook_name = "Feishu Hire ledger (SQLite)"
-    _placeholder = "?"
-
-    def __init__(self, path: str | os.PathLike[str], **kwargs: Any) -> None:
-        self.path = str(path)
-        connection = Connection(conn_id=DEFAULT_LEDGER_CONN_ID, conn_type="sqlite", host=self.path)
-        super().__init__(connection=connection, **kwargs)
-
-    @property
-    def dialect_name(self) -> str:
-        return "sqlite"
-
-    def get_conn(self) -> sqlite3.Connection:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        return sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
+def sqlite_engine(path: str | os.PathLike[str]) -> Engine:
+    """An SQLite file's engine: a connection per transaction (the ledger's pragmas are set on each)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return create_engine(URL.create("sqlite", database=str(path)), poolclass=NullPool)
 
 
 class FeishuHireLedgerHook(BaseHook):
     """The payout ledger behind the ``feishu_hire_ledger`` connection (any common-sql database).
 
-    Supported and tested: PostgreSQL (conn type ``postgres``, for deployments with several
-    workers) and SQLite (conn type ``sqlite``, host = the file's path). With no such
-    connection, ``$AIRFLOW_HOME/feishu_hire_ledger.db``.
+    Supported and tested: PostgreSQL (conn type ``postgres``) and MySQL/MariaDB (conn type
+    ``mysql``), for deployments with several workers; SQLite (conn type ``sqlite``, host = the
+    file's path). With no such connection, ``$AIRFLOW_HOME/feishu_hire_ledger.db``.
     """
 
     conn_name_attr = "ledger_conn_id"
@@ -71,7 +55,8 @@ class FeishuHireLedgerHook(BaseHook):
         self.ledger_conn_id = ledger_conn_id
 
     @cached_property
-    def sql_hook(self) -> DbApiHook:
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file, when the ledger is one."""
         try:
             conn = self.get_connection(self.ledger_conn_id)
         except AirflowNotFoundException:
@@ -81,48 +66,55 @@ class FeishuHireLedgerHook(BaseHook):
                 f"No {DEFAULT_LEDGER_CONN_ID} connection, and the embedded SQLite ledger"
             )
             home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
-            return SqliteLedgerDbHook(Path(home) / EMBEDDED_LEDGER_FILE)
-        if conn.conn_type == "sqlite":
-            if not conn.host or not conn.host.strip():
-                raise LedgerError(f"connection {self.ledger_conn_id} (sqlite) needs the database file's path as host")
-            _refuse_sqlite_on_several_machines(f"Connection {self.ledger_conn_id} is SQLite, which")
-            return SqliteLedgerDbHook(conn.host)
+            return Path(home) / EMBEDDED_LEDGER_FILE
+        if conn.conn_type != "sqlite":
+            return None
+        if not conn.host or not conn.host.strip():
+            raise LedgerError(f"connection {self.ledger_conn_id} (sqlite) needs the database file's path as host")
+        _refuse_sqlite_on_several_machines(f"Connection {self.ledger_conn_id} is SQLite, which")
+        return Path(conn.host)
+
+    @cached_property
+    def engine(self) -> Engine:
+        """The ledger database's SQLAlchemy engine, made from the connection."""
+        if self.sqlite_path is not None:
+            return sqlite_engine(self.sqlite_path)
+        conn = self.get_connection(self.ledger_conn_id)
+        if conn.conn_type in MYSQL_CONN_TYPES:
+            # PyMySQL: apache-airflow-providers-mysql would need mysqlclient, which needs a compiler.
+            url = URL.create(
+                "mysql+pymysql", username=conn.login or None, password=conn.password or None, host=conn.host,
+                port=conn.port, database=conn.schema or None, query={"charset": "utf8mb4"},
+            )  # fmt: skip
+            return create_engine(url, max_overflow=-1, pool_pre_ping=True)
         hook = conn.get_hook()
         if not isinstance(hook, DbApiHook):
             raise LedgerError(f"connection {self.ledger_conn_id} ({conn.conn_type}) is not a SQL database")
-        return hook
+        return hook.get_sqlalchemy_engine(engine_kwargs={"max_overflow": -1, "pool_pre_ping": True})
 
     @cached_property
     def dialect(self) -> str:
-        name = self.sql_hook.dialect_name
-        return "postgresql" if name in ("postgres", "postgresql") else name
+        return self.ledger.dialect
 
     @cached_property
     def default_payroll_dir(self) -> Path | None:
         """Beside an SQLite ledger; none for a server database, whose payroll table every worker reads."""
-        sql_hook = self.sql_hook
-        return Path(sql_hook.path).parent / "feishu_hire_payroll" if isinstance(sql_hook, SqliteLedgerDbHook) else None
+        return None if self.sqlite_path is None else self.sqlite_path.parent / "feishu_hire_payroll"
 
     def get_conn(self) -> Ledger:
         return self.ledger
 
     @cached_property
     def ledger(self) -> Ledger:
-        """The ledger, its tables created or checked: one DB-API connection per thread that uses it."""
-        made = Ledger(self.sql_hook.get_conn, self.dialect)
+        """The ledger, its tables created or upgraded: one pooled connection per transaction."""
+        made = Ledger(self.engine)
         made.migrate()
         return made
 
     def payroll_batch_rows(self, payroll_batch_id: int) -> list[tuple[Any, ...]]:
-        """The payroll table's lines of one batch, as stored, through common-sql (how an import reads them)."""
-        return list(
-            self.sql_hook.get_records(
-                "SELECT referral_account_id, external_order_id, trans_time, bonus_type, currency, amount "
-                f"FROM {PAYROLL_TABLE} WHERE payroll_batch_id = {self.sql_hook.placeholder} "
-                "ORDER BY external_order_id, bonus_type, currency",
-                parameters=(payroll_batch_id,),
-            )
-        )
+        """The payroll table's lines of one batch, as stored (how an import reads them): account, order,
+        trans_time, bonus type, currency, amount (an exact Decimal)."""
+        return list(self.ledger.payroll_batch_lines(payroll_batch_id))
 
     def close(self) -> None:
         if "ledger" in self.__dict__:
@@ -137,7 +129,7 @@ def _refuse_sqlite_on_several_machines(subject: str) -> None:
         raise LedgerError(
             f"{subject} cannot be used with {distributed[0]}: each worker would keep its own file (SQLite's "
             "locking is not safe on network file systems either) and the record of what was paid would split. "
-            f"Point {DEFAULT_LEDGER_CONN_ID} at a database every worker reaches (PostgreSQL), e.g. "
+            f"Point {DEFAULT_LEDGER_CONN_ID} at a database every worker reaches (PostgreSQL, MySQL), e.g. "
             "AIRFLOW_CONN_FEISHU_HIRE_LEDGER='postgresql://user:pass@host:5432/payouts'."
         )
 
