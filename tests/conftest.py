@@ -324,9 +324,6 @@ def mariadb_ledger_connection(uri: str) -> Callable[[], object]:
 
 
 LEDGER_DATABASES = ("sqlite", "postgresql", "mysql")
-# Test files whose code under test is not on MariaDB yet: the payouts console's hand-written SQL (its
-# per-day buckets divide as integers and sum decimal text, which MySQL does not).
-NOT_ON_MARIADB_YET = {"test_console.py": "the payouts console's hand-written SQL is not ported to MySQL/MariaDB yet"}
 
 
 def connect_to(dialect: str, where: str) -> Callable[[], object]:
@@ -350,8 +347,6 @@ def ledger_connection(request: pytest.FixtureRequest, dialect: str, sqlite_path:
 @pytest.fixture(params=LEDGER_DATABASES)
 def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
     """An empty, migrated ledger on each supported database."""
-    if request.param == "mysql" and request.path.name in NOT_ON_MARIADB_YET:
-        pytest.skip(NOT_ON_MARIADB_YET[request.path.name])
     made = Ledger(ledger_connection(request, request.param, tmp_path / "ledger.db"), request.param)
     made.migrate()
     try:
