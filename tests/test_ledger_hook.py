@@ -12,7 +12,7 @@ import pytest
 from airflow_provider_feishu_hire.hooks.ledger import FeishuHireLedgerHook
 from airflow_provider_feishu_hire.ledger import RUN_SCOPE, Intent, LedgerError, PayrollScope
 from airflow_provider_feishu_hire.withdrawal import Withdrawal
-from tests.conftest import PostgresServer
+from tests.conftest import MariaDBServer, PostgresServer
 
 pytestmark = pytest.mark.lowest  # also run on the lowest supported Airflow (Makefile: pytest-lowest)
 
@@ -63,15 +63,18 @@ def test_a_sqlite_connection_names_the_file_on_one_machine_only(
         FeishuHireLedgerHook().ledger  # noqa: B018
 
 
-def test_a_payroll_batch_reads_back_through_common_sql_exactly_once(
+def test_a_payroll_batch_reads_back_exactly_once_on_every_database(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    for kind in ("sqlite", "postgres"):
+    for kind in ("sqlite", "postgres", "mysql"):
         if kind == "sqlite":
             conn = {"conn_type": "sqlite", "host": str(tmp_path / "ledger.db")}
-        else:
+        elif kind == "postgres":
             server: PostgresServer = request.getfixturevalue("postgres")
             conn = server.new_database()  # type: ignore[assignment]
+        else:  # a mysql connection, made into a PyMySQL engine by the hook (no MySQL provider installed)
+            maria: MariaDBServer = request.getfixturevalue("mariadb")
+            conn = maria.new_database()  # type: ignore[assignment]
         monkeypatch.setenv("AIRFLOW_CONN_FEISHU_HIRE_LEDGER", conn if isinstance(conn, str) else json.dumps(conn))
         hook = FeishuHireLedgerHook()
         hook.ledger.record_paid(hook.ledger.claim(INTENT), PAID)
