@@ -30,7 +30,6 @@ from sqlalchemy.engine import Engine
 
 from airflow_provider_feishu_hire.defaults import DEFAULT_LEDGER_CONN_ID
 from airflow_provider_feishu_hire.ledger.database import DIALECTS, engine_for
-from airflow_provider_feishu_hire.ledger.migrations import migrate
 from airflow_provider_feishu_hire.ledger.model import (
     APP_SCOPE,
     APPROVE,
@@ -105,6 +104,8 @@ class Ledger(Records):
 
     def migrate(self) -> None:
         """Create the tables or upgrade them (Alembic); refuse a ledger written by a newer provider ("upgrade")."""
+        from airflow_provider_feishu_hire.ledger.migrations import migrate  # Alembic only where a task opens one
+
         migrate(self)
 
     def __enter__(self) -> Ledger:
