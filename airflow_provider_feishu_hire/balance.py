@@ -7,13 +7,21 @@ the payout's balance checks and the approval preview read balances with the same
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from airflow_provider_feishu_hire.defaults import CENT
-from airflow_provider_feishu_hire.withdrawal import UnreadableAnswer, cash_items, format_cash, format_money, parse_bonus
+from airflow_provider_feishu_hire.withdrawal import (
+    CASH,
+    POINTS,
+    UnreadableAnswer,
+    cash_items,
+    format_cash,
+    format_money,
+    parse_bonus,
+)
 
 _CURRENCY = re.compile(r"[A-Z]{3}")
 DEACTIVATED = 2  # get_account_assets' status: 1 enabled, 2 deactivated
@@ -127,13 +135,14 @@ class AutoApproveUpTo:
     point_bonus: int
     cash_bonus: Mapping[str, Decimal]
 
-    def excess(self, balance: Balance) -> str | None:
-        """Why ``balance`` is more than the policy pays unasked, or None when it is within."""
-        over = [] if balance.point_bonus <= self.point_bonus else [f"{balance.point_bonus} points"]
+    def excess(self, balance: Balance, bonus_types: Sequence[int] = (POINTS, CASH)) -> str | None:
+        """Why what a withdrawal of ``bonus_types`` would take is more than the policy pays unasked, or None."""
+        points = balance.point_bonus if POINTS in bonus_types else 0
+        over = [] if points <= self.point_bonus else [f"{points} points"]
         over += [
             f"{format_money(amount)} {currency}"
             for currency, amount in sorted(balance.cash_bonus.items())
-            if amount > self.cash_bonus.get(currency, Decimal(-1))
+            if CASH in bonus_types and amount > self.cash_bonus.get(currency, Decimal(0))  # no limit: only zero
         ]
         return f"{', '.join(over)} above auto_approve_up_to ({self.describe()})" if over else None
 

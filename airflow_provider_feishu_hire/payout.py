@@ -119,21 +119,33 @@ def _withdraw(
     policy: AutoApproveUpTo | None = None,
 ) -> Outcome:
     account_id, order_id = intent.referral_account_id, intent.external_order_id
-    if check_balance or approval is not None or policy is not None:
+    authority = approval is not None or policy is not None
+    if check_balance or authority:
         known = ledger.get(order_id)
-        if known is None or known.status in UNSENT_STATUSES:  # no send of it can have paid anything
+        unsent = known is None or known.status in UNSENT_STATUSES  # no send of it can have paid anything
+        # Resending an order whose earlier send has no known outcome takes the whole balance *now* if that send
+        # did not commit: under an approval or a policy it is resent only while the balance is covered.
+        unknown = authority and known is not None and known.status == SENDING and known.sends > 0
+        if unsent or unknown:
             try:
                 assets = client.get_account_assets(account_id)
             except FeishuAPIError as err:
-                if err.retryable:
+                if err.retryable or unknown:
                     return Outcome(account_id, order_id, SENDING, None, err.code, str(err))
                 ledger.refuse(intent, err.code, f"balance read refused: {err}")
                 return Outcome(account_id, order_id, REJECTED, None, err.code, str(err))
-            seen = _nothing_to_withdraw(assets, intent.withdraw_bonus_type)
+            seen = _nothing_to_withdraw(assets, intent.withdraw_bonus_type) if unsent else None
             if seen is not None and ledger.skip(intent, f"nothing to withdraw at the balance check ({seen})"):
                 return Outcome(account_id, order_id, SKIPPED, message="nothing to withdraw")
             held = _beyond_authority(ledger, intent, assets, approval, policy)
-            if held is not None and ledger.hold(intent, held):
+            if held is not None:
+                if unsent:
+                    ledger.hold(intent, held)  # unless another try sent it meanwhile: this one sends nothing either way
+                else:
+                    held += (
+                        f"; order {order_id} was sent before without a known outcome and is not sent again while "
+                        "the balance is above what was approved (a new approval covering it resends it)"
+                    )
                 return Outcome(account_id, order_id, NEEDS_APPROVAL, message=held)
     try:
         claim = ledger.claim(intent)
@@ -230,7 +242,7 @@ def _beyond_authority(
         return f"its balance cannot be read exactly ({exc}), so it cannot be compared with the approval"
     above_policy = None
     if policy is not None:
-        above_policy = policy.excess(balance)
+        above_policy = policy.excess(balance, intent.withdraw_bonus_type)
         if above_policy is None:
             _record_policy_approval(ledger, intent, policy, balance.point_bonus, dict(balance.cash_bonus))
             return None

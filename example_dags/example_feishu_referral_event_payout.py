@@ -119,12 +119,11 @@ def example_feishu_referral_event_payout() -> None:
                 known = ledger.known_accounts(client.tenant_app_id)
             logging.getLogger(__name__).info("Sweep: looking at the %d accounts the ledger knows", len(known))
             return {"referral_account_ids": known, "external_order_ids": {}}
-        if events:
-            # Airflow gives a run the events up to the moment its queue entry was made; events
-            # that came while the run was being created lose their entry with it and would wait
-            # for the next event. They are newer than this run's: take them here (a repeat is a replay).
-            newest = max(event.timestamp for event in events)
-            events += context["inlet_events"][REFERRAL_BALANCES].after(newest.isoformat())
+        # Airflow gives a run the events up to the moment its queue entry was made; events that
+        # came while the run was being created lose their entry with it and would wait for the
+        # next event. They are newer than this run's: take them here (a repeat is a replay).
+        newest = max(event.timestamp for event in events)
+        events += context["inlet_events"][REFERRAL_BALANCES].after(newest.isoformat())
         updates = []
         for event in events:
             extra = event.extra or {}

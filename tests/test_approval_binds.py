@@ -14,8 +14,8 @@ from decimal import Decimal
 
 import pytest
 
-from airflow_provider_feishu_hire.balance import check_auto_approve_up_to
-from airflow_provider_feishu_hire.client import FeishuClient
+from airflow_provider_feishu_hire.balance import Balance, check_auto_approve_up_to
+from airflow_provider_feishu_hire.client import FeishuClient, RetryPolicy
 from airflow_provider_feishu_hire.ledger import (
     APPROVE,
     AUTO_APPROVED,
@@ -29,7 +29,7 @@ from airflow_provider_feishu_hire.ledger import (
 from airflow_provider_feishu_hire.payout import withdraw_account, withdraw_batch
 from airflow_provider_feishu_hire.payroll import completeness
 from airflow_provider_feishu_hire.sandbox import DEFAULT_APP_ID, DEFAULT_APP_SECRET, Account, FeishuSandbox
-from airflow_provider_feishu_hire.withdrawal import derive_external_order_id
+from airflow_provider_feishu_hire.withdrawal import POINTS, derive_external_order_id
 from tests.conftest import FAST_RETRY, assert_paid_exactly_once
 
 A, B, C = "7800000000000000001", "7800000000000000002", "7800000000000000003"
@@ -166,3 +166,30 @@ def test_a_balance_credited_past_the_policy_after_an_event_is_not_paid_unasked(
 def test_a_policy_that_is_not_exact_is_refused_naming_the_field(policy: object, named: str) -> None:
     with pytest.raises((ValueError, TypeError), match=named.replace(".", r"\.")):
         check_auto_approve_up_to(policy)
+
+
+def test_an_unknown_send_is_not_resent_once_the_balance_outgrew_the_policy_until_a_person_approves(
+    ledger: Ledger, sandbox: FeishuSandbox
+) -> None:
+    """Resending the order would take the whole balance now: a credit since the first send needs a person first."""
+    sandbox.inject("http_500")  # Feishu answers 500 without acting: the send's outcome is unknown
+    with FeishuClient(DEFAULT_APP_ID, DEFAULT_APP_SECRET, sandbox.url, retry=RetryPolicy(max_attempts=1)) as once:
+        assert withdraw_account(once, ledger, intent(A), policy=POLICY).status == "sending"
+    sandbox.credit(A, point_bonus=90)  # 100 points now, above the policy's 10
+    with FeishuClient(DEFAULT_APP_ID, DEFAULT_APP_SECRET, sandbox.url, retry=FAST_RETRY) as client:
+        held = withdraw_account(client, ledger, intent(A, 2), policy=POLICY)
+        assert held.status == NEEDS_APPROVAL and "sent before without a known outcome" in held.message
+        assert sandbox.state()["ledger"] == [] and ledger.get(intent(A).external_order_id).status == "sending"  # type: ignore[union-attr]
+        approval = approve(ledger, {A: (100, {"CNY": Decimal("5.00")})})
+        assert withdraw_account(client, ledger, intent(A, 3), approval=approval).status == PAID
+    assert_paid_exactly_once(ledger, sandbox)
+
+
+def test_the_policy_reads_only_what_would_be_withdrawn_and_ignores_zero_amounts() -> None:
+    policy = check_auto_approve_up_to({"point_bonus": 10, "cash_bonus": {"CNY": "5.00"}})
+    assert policy is not None
+    empty_euros = Balance(A, True, 10, {"CNY": Decimal("5.00"), "EUR": Decimal("0.00")})
+    assert policy.excess(empty_euros) is None  # a zero in a currency without a limit is nothing to pay
+    lots_of_cash = Balance(A, True, 3, {"CNY": Decimal("900.00")})
+    assert policy.excess(lots_of_cash, (POINTS,)) is None  # a points-only withdrawal takes no cash
+    assert "900.00 CNY" in (policy.excess(lots_of_cash) or "")

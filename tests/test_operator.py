@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pendulum
 import pytest
 from airflow.sdk import DAG
@@ -37,3 +39,25 @@ def test_mapped_withdrawals_are_labelled_by_account_id() -> None:
 def test_a_batch_needs_at_least_one_worker() -> None:
     with pytest.raises(ValueError, match="max_workers"):
         ReferralBatchWithdrawOperator(task_id="b", referral_account_ids=["7001"], max_workers=0)
+
+
+def test_a_policy_that_is_not_exact_fails_the_dag_file_at_parse() -> None:
+    with (
+        DAG("bad_policy", schedule=None, start_date=pendulum.datetime(2026, 1, 1)),
+        pytest.raises(TypeError, match=r"auto_approve_up_to\.cash_bonus\.CNY .* is a float"),
+    ):
+        ReferralBatchWithdrawOperator(
+            task_id="withdraw", referral_account_ids=["7001"], auto_approve_up_to={"cash_bonus": {"CNY": 50.0}}
+        )
+
+
+def test_nobody_deciding_in_time_fails_the_approval_without_retries() -> None:
+    """A retry would ask again and keep the run (and the runs queued behind it) waiting for another timeout."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from airflow_provider_feishu_hire.operators.approval import ReferralPayoutApprovalOperator
+
+    with DAG("approval_timeout", schedule=None, start_date=pendulum.datetime(2026, 1, 1)):
+        approval = ReferralPayoutApprovalOperator(task_id="approve_payout", response_timeout=timedelta(hours=1))
+    with pytest.raises(AirflowFailException, match="Nobody decided within 1:00:00: nothing paid"):
+        approval.execute_complete({}, {"error": "timed out", "error_type": "timeout"})  # type: ignore[arg-type]

@@ -150,9 +150,17 @@ class ReferralPayoutApprovalOperator(ApprovalOperator):
         return {"chosen_options": [self.APPROVE], "responded_by_user": None}
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
-        # The standard operator's own handling validates the answer (and raises on a timeout,
-        # when nobody decided); its Approve/Reject step is replaced: a rejection fails.
-        answer = HITLOperator.execute_complete(self, context, event)
+        # The standard operator's own handling validates the answer; its Approve/Reject step is
+        # replaced: a rejection fails. Nobody deciding within response_timeout fails too, without
+        # retries: a retry would ask again and keep the run waiting for several timeouts.
+        from airflow.providers.standard.exceptions import HITLTimeoutError
+
+        try:
+            answer = HITLOperator.execute_complete(self, context, event)
+        except HITLTimeoutError:
+            raise AirflowFailException(
+                f"Nobody decided within {self.response_timeout}: nothing paid (a later run asks again)"
+            ) from None
         decision = answer["chosen_options"][0]
         user = answer["responded_by_user"] or {}
         who = str(user.get("name") or user.get("id") or "unknown") if isinstance(user, dict) else str(user)
