@@ -104,6 +104,9 @@ def test_credits_are_paid_exactly_once_by_events_alone_through_drops_and_repeats
             "SELECT referral_account_id, external_order_id, bonus_type, currency, amount FROM feishu_hire_payroll"
         ).fetchall()
     assert Counter(tuple(map(str, row)) for row in table) == sandbox_payroll(sandbox)
+    with sqlite3.connect(tmp_path / "ledger.db") as db:  # each payment in exactly one payroll batch
+        members = db.execute("SELECT external_order_id FROM feishu_hire_payroll_batch_member").fetchall()
+    assert sorted(order for (order,) in members) == sorted(e["external_order_id"] for e in sandbox.state()["ledger"])
 
     # Nobody triggered anything; every repeat was caught before it became an asset event.
     runs = airflow_db(airflow, "SELECT run_type, state FROM dag_run WHERE dag_id = ?", DAG_ID)
