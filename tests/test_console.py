@@ -80,7 +80,7 @@ def ledger(ledger: Ledger) -> Ledger:
     """conftest's empty ledger (SQLite and PostgreSQL), with a payday's rows: paid, in review, batched, reconciled."""
     made = ledger
     pay(made, "1001", "7001", points=10, cash={"CNY": "100.10"})
-    pay(made, "1002", "7002", points=5, cash={"CNY": "0.905", "USD": "2.50"}, at=T0 + 3_600_000)
+    pay(made, "1002", "7002", points=5, cash={"CNY": "0.95", "USD": "2.50"}, at=T0 + 3_600_000)
     pay(made, "1003", "7003", points=7, cash={"CNY": "1.00"}, at=T0 + DAY)
     pay(made, "2001", "7100", dag=OTHER, points=1000, cash={"CNY": "999.99"})
     unreadable(made, "1004", "7004")
@@ -150,7 +150,7 @@ def test_withdrawals_show_money_as_decimal_strings_and_only_readable_dags(client
     found = clients.as_("alice").get("/api/withdrawals", params={"limit": 500}).json()
     by_order = {row["external_order_id"]: row for row in found["withdrawals"]}
     assert set(by_order) == {"1001", "1002", "1003", "1004", "2001"}
-    assert by_order["1002"]["cash_bonus"] == {"CNY": "0.905", "USD": "2.50"}
+    assert by_order["1002"]["cash_bonus"] == {"CNY": "0.95", "USD": "2.50"}
     assert by_order["1001"]["point_bonus"] == 10 and by_order["1001"]["payroll_batch_id"] == 1
     assert by_order["1004"]["status"] == REVIEW and by_order["1004"]["point_bonus"] is None
     assert by_order["1004"]["payroll_batch_id"] is None and by_order["1004"]["attempts"] == 1
@@ -231,9 +231,11 @@ def test_settle_by_one_confirm_by_another_then_it_joins_the_next_batch(clients: 
     assert clients.as_("outsider").post(order, json=body).status_code == 403
     # Money is a decimal string: a float, a bad currency or a negative amount is refused before the ledger.
     alice = clients.as_("alice")
-    for bad in ({"CNY": 10.05}, {"cny": "10.05"}, {"CNY": "-1"}, {"CNY": "1e3"}):
+    for bad in ({"CNY": 10.05}, {"cny": "10.05"}, {"CNY": "-1"}, {"CNY": "1e3"}, {"CNY": "0.001"}, {"CNY\n": "1"}):
         assert alice.post(order, json={**body, "cash_bonus": bad}).status_code == 422, bad
     assert alice.post(order, json={**body, "point_bonus": 2.5}).status_code == 422
+    assert alice.post(order, json={**body, "cash_bonus": {"CNY": "1.00\n"}}).status_code == 422
+    assert alice.post(order, json={**body, "point_bonus": 2**63}).status_code == 422  # not a database error
     # A cross-site form cannot send JSON: a body that is not declared JSON is refused, and so is no body.
     plain = alice.post(order, content=b'{"paid": false, "evidence": "x"}', headers={"Content-Type": "text/plain"})
     assert plain.status_code in (415, 422)
@@ -286,7 +288,7 @@ def test_batches_csv_matches_the_payroll_columns_and_respects_member_dags(client
     alice = clients.as_("alice")
     (batch,) = alice.get("/api/payroll-batches").json()["payroll_batches"]
     assert batch["withdrawals"] == 3 and batch["accounts"] == 3 and batch["point_bonus"] == 22
-    assert batch["cash_bonus"] == {"CNY": "102.005", "USD": "2.50"}
+    assert batch["cash_bonus"] == {"CNY": "102.05", "USD": "2.50"}
     text = alice.get("/api/payroll-batches/1/csv").text
     assert text.splitlines()[0] == ",".join(COLUMNS)
     assert len(text.splitlines()) == 1 + 7  # 3 points lines, 4 cash lines
@@ -312,12 +314,12 @@ def test_paid_per_day_is_exact_and_readable_only(clients: Clients) -> None:
     params = {"date_from": "2026-11-29", "date_to": "2026-12-02"}
     found = clients.as_("alice").get("/api/paid-per-day", params=params).json()
     assert found["days"] == [
-        {"day": "2026-11-30", "withdrawals": 3, "point_bonus": 1015, "cash_bonus": {"CNY": "1100.995", "USD": "2.50"}},
+        {"day": "2026-11-30", "withdrawals": 3, "point_bonus": 1015, "cash_bonus": {"CNY": "1101.04", "USD": "2.50"}},
         {"day": "2026-12-01", "withdrawals": 1, "point_bonus": 7, "cash_bonus": {"CNY": "1.00"}},
     ]
-    assert found["totals"] == {"withdrawals": 4, "point_bonus": 1022, "cash_bonus": {"CNY": "1101.995", "USD": "2.50"}}
+    assert found["totals"] == {"withdrawals": 4, "point_bonus": 1022, "cash_bonus": {"CNY": "1102.04", "USD": "2.50"}}
     viewer = clients.as_("viewer").get("/api/paid-per-day", params=params).json()
-    assert viewer["totals"]["cash_bonus"] == {"CNY": "102.005", "USD": "2.50"}  # OTHER's 999.99 is not theirs to see
+    assert viewer["totals"]["cash_bonus"] == {"CNY": "102.05", "USD": "2.50"}  # OTHER's 999.99 is not theirs to see
     bad = clients.as_("alice")
     assert bad.get("/api/paid-per-day", params={"date_from": "2020-01-01", "date_to": "2026-01-01"}).status_code == 422
     assert bad.get("/api/paid-per-day", params={"date_from": "2026-12-02", "date_to": "2026-12-01"}).status_code == 422
@@ -480,7 +482,7 @@ def test_the_chart_sums_again_a_day_that_gained_a_payment(clients: Clients, ledg
     params = {"date_from": "2026-11-29", "date_to": "2026-12-02"}
     alice = clients.as_("alice")
     before = alice.get("/api/paid-per-day", params=params).json()
-    assert before["totals"]["cash_bonus"] == {"CNY": "1101.995", "USD": "2.50"}
+    assert before["totals"]["cash_bonus"] == {"CNY": "1102.04", "USD": "2.50"}
     pay(ledger, "1007", "7007", points=1, cash={"CNY": "0.01"}, at=T0 + 60_000)
     proposal = ledger.propose_settlement(
         "1004",
@@ -494,10 +496,10 @@ def test_the_chart_sums_again_a_day_that_gained_a_payment(clients: Clients, ledg
     ledger.confirm_settlement(proposal.id, "b")
     after = alice.get("/api/paid-per-day", params=params).json()
     assert after["days"] == [
-        {"day": "2026-11-30", "withdrawals": 4, "point_bonus": 1016, "cash_bonus": {"CNY": "1101.005", "USD": "2.50"}},
+        {"day": "2026-11-30", "withdrawals": 4, "point_bonus": 1016, "cash_bonus": {"CNY": "1101.05", "USD": "2.50"}},
         {"day": "2026-12-01", "withdrawals": 2, "point_bonus": 9, "cash_bonus": {"CNY": "1.00", "USD": "1.10"}},
     ]
-    assert after["totals"] == {"withdrawals": 6, "point_bonus": 1025, "cash_bonus": {"CNY": "1102.005", "USD": "3.60"}}
+    assert after["totals"] == {"withdrawals": 6, "point_bonus": 1025, "cash_bonus": {"CNY": "1102.05", "USD": "3.60"}}
     # Another user's view (other DAGs readable) is kept apart from alice's.
     assert clients.as_("viewer").get("/api/paid-per-day", params=params).json()["totals"]["point_bonus"] == 25
 
@@ -508,7 +510,7 @@ def test_a_runs_withdrawals_come_with_its_totals(clients: Clients) -> None:
         "withdrawals": 4,
         "statuses": {"paid": 3, "review": 1},
         "paid_point_bonus": 22,
-        "paid_cash_bonus": {"CNY": "102.005", "USD": "2.50"},
+        "paid_cash_bonus": {"CNY": "102.05", "USD": "2.50"},
     }
     assert clients.as_("alice").get("/api/withdrawals").json()["totals"] is None  # every row: no sum of a million
     assert clients.as_("outsider").get("/api/withdrawals", params={"run_id": "run1"}).json()["totals"] == {

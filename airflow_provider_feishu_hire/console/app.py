@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 MAX_PAGE = 500
-_AMOUNT = re.compile(r"^\d{1,15}(\.\d{1,8})?$")
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_AMOUNT = re.compile(r"\d{1,13}(\.\d{1,2})?")  # whole cents, as Feishu pays (fullmatch: no trailing newline)
+_CURRENCY = re.compile(r"[A-Z]{3}")
+_MAX_INT = 2**63 - 1  # what the ledger's BIGINT columns hold: more is refused here, not a database error
 Text = Annotated[str | None, Query(max_length=250)]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 Offset = Annotated[int, Query(ge=0, le=10_000_000)]
@@ -238,15 +239,17 @@ class ProposeBody(BaseModel):
 
     paid: bool
     evidence: str = Field(min_length=1, max_length=4000)
-    trans_time: int | None = Field(default=None, ge=0)
-    point_bonus: int | None = Field(default=None, ge=0)
+    trans_time: int | None = Field(default=None, ge=0, le=_MAX_INT)
+    point_bonus: int | None = Field(default=None, ge=0, le=_MAX_INT)
     cash_bonus: dict[str, str] = Field(default_factory=dict, max_length=20)
 
     def cash(self) -> dict[str, Decimal]:
         out = {}
         for currency, amount in self.cash_bonus.items():
-            if not _CURRENCY.match(currency) or not _AMOUNT.match(amount):
-                raise HTTPException(422, f"cash_bonus {currency}={amount!r}: give a currency code and a decimal string")
+            if not _CURRENCY.fullmatch(currency) or not _AMOUNT.fullmatch(amount):
+                raise HTTPException(
+                    422, f"cash_bonus {currency}={amount!r}: give a currency code and an amount in cents, like '12.50'"
+                )
             out[currency] = Decimal(amount)
         return out
 
