@@ -162,8 +162,7 @@ def _withdraw(
             msg=err.msg,
             log_id=err.log_id,
             retryable=err.retryable,
-            uncertain=err.reach.may_have_acted,
-            reached=err.reach.reached_endpoint,
+            reach=err.reach,
         )
         if row.withdrawal is not None:  # another try of this order id recorded the payment meanwhile
             return Outcome(account_id, order_id, CARRIED_OVER, row.withdrawal)

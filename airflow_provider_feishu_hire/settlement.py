@@ -27,7 +27,8 @@ import sys
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 
-from airflow_provider_feishu_hire.ledger import DEFAULT_LEDGER_CONN_ID, REVIEW, SENDING, Ledger, LedgerError
+from airflow_provider_feishu_hire.defaults import DEFAULT_FEISHU_HIRE_CONN_ID, DEFAULT_LEDGER_CONN_ID
+from airflow_provider_feishu_hire.ledger import REVIEW, SENDING, Ledger, LedgerError
 from airflow_provider_feishu_hire.withdrawal import format_cash
 
 
@@ -135,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("list", help="orders waiting for a person")
     show = commands.add_parser("show", help="everything known about an order")
     show.add_argument("order_id")
-    show.add_argument("--feishu-hire-conn-id", default="feishu_hire_default")
+    show.add_argument("--feishu-hire-conn-id", default=DEFAULT_FEISHU_HIRE_CONN_ID)
     propose = commands.add_parser("propose", help="record what happened to an order, with evidence")
     propose.add_argument("order_id")
     outcome = propose.add_mutually_exclusive_group(required=True)

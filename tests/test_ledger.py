@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
+from airflow_provider_feishu_hire.exceptions import Reach
 from airflow_provider_feishu_hire.ledger import (
     PAID,
     REJECTED,
@@ -256,9 +257,9 @@ def test_paid_is_final(ledger: Ledger) -> None:
     claim = ledger.claim(intent())
     ledger.record_paid(claim, paid)
 
-    ledger.record_failure(claim, code=1002001, msg="refused", log_id="log-1", retryable=False, uncertain=False)
+    ledger.record_failure(claim, code=1002001, msg="refused", log_id="log-1", retryable=False, reach=Reach.REFUSED)
     assert status(ledger) == PAID
-    ledger.record_failure(claim, code=None, msg="read timed out", log_id=None, retryable=True, uncertain=True)
+    ledger.record_failure(claim, code=None, msg="read timed out", log_id=None, retryable=True, reach=Reach.UNKNOWN)
     assert status(ledger) == PAID
     ledger.record_unreadable(claim, '{"trans_time": null}', "trans_time None is not milliseconds")
     assert status(ledger) == PAID
@@ -282,7 +283,7 @@ def test_retryable_failure_keeps_the_row_sending(ledger: Ledger) -> None:
     claim = ledger.claim(intent())
 
     left = ledger.record_failure(
-        claim, code=None, msg="read timed out", log_id="20250601-abc", retryable=True, uncertain=True
+        claim, code=None, msg="read timed out", log_id="20250601-abc", retryable=True, reach=Reach.UNKNOWN
     ).status
 
     assert left == SENDING
@@ -298,7 +299,7 @@ def test_permanent_failure_after_a_fresh_claim_is_rejected(ledger: Ledger) -> No
     claim = ledger.claim(intent())
 
     left = ledger.record_failure(
-        claim, code=1002001, msg="account deactivated", log_id="log-1", retryable=False, uncertain=False
+        claim, code=1002001, msg="account deactivated", log_id="log-1", retryable=False, reach=Reach.REFUSED
     ).status
 
     assert left == REJECTED
@@ -319,7 +320,7 @@ def test_permanent_failure_that_may_have_reached_feishu_goes_to_review(ledger: L
     claim = ledger.claim(intent())
 
     left = ledger.record_failure(
-        claim, code=500, msg="connection reset", log_id=None, retryable=False, uncertain=True
+        claim, code=500, msg="connection reset", log_id=None, retryable=False, reach=Reach.REFUSED_AFTER_UNKNOWN
     ).status
 
     assert left == REVIEW
@@ -330,21 +331,21 @@ def test_permanent_failure_that_may_have_reached_feishu_goes_to_review(ledger: L
 def test_permanent_failure_after_an_earlier_send_goes_to_review(ledger: Ledger, first_try: str) -> None:
     first = ledger.claim(intent(try_number=1))
     if first_try == "retryable":
-        ledger.record_failure(first, code=None, msg="read timed out", log_id=None, retryable=True, uncertain=True)
+        ledger.record_failure(first, code=None, msg="read timed out", log_id=None, retryable=True, reach=Reach.UNKNOWN)
     # "lost": the first try died (killed worker, zombie) with the row still sending
 
     if first_try == "lost":
         # Seconds after the first try stopped answering it may still be waiting for Feishu: not yet for a person.
         early = ledger.claim(intent(try_number=2))
         refused = ledger.record_failure(
-            early, code=1002001, msg="deactivated", log_id=None, retryable=False, uncertain=False
+            early, code=1002001, msg="deactivated", log_id=None, retryable=False, reach=Reach.REFUSED
         )
         assert refused.status == SENDING
         ledger = Ledger(ledger._connect, ledger.dialect, in_flight_seconds=0)  # ... and later, surely dead
     second = ledger.claim(intent(try_number=2))
     assert second.uncertain is True
     left = ledger.record_failure(
-        second, code=1002001, msg="account deactivated", log_id=None, retryable=False, uncertain=False
+        second, code=1002001, msg="account deactivated", log_id=None, retryable=False, reach=Reach.REFUSED
     ).status
 
     assert left == REVIEW
@@ -354,7 +355,9 @@ def test_permanent_failure_after_an_earlier_send_goes_to_review(ledger: Ledger, 
 
 def test_a_row_in_review_is_never_claimed_again(ledger: Ledger) -> None:
     claim = ledger.claim(intent())
-    ledger.record_failure(claim, code=500, msg="connection reset", log_id=None, retryable=False, uncertain=True)
+    ledger.record_failure(
+        claim, code=500, msg="connection reset", log_id=None, retryable=False, reach=Reach.REFUSED_AFTER_UNKNOWN
+    )
 
     with pytest.raises(NeedsReview) as raised:
         ledger.claim(intent(try_number=2))
@@ -425,14 +428,16 @@ def test_a_rejected_order_is_settled_as_skipped_by_a_zero_balance_but_an_unknown
     """``rejected`` means no send of the order can have moved money (an unknown earlier send makes it ``review``),
     so a zero balance settles it: Feishu may refuse an empty withdrawal, and it must not be re-sent for ever."""
     claim = ledger.claim(intent())
-    ledger.record_failure(claim, code=1002556, msg="nothing to withdraw", log_id=None, retryable=False, uncertain=False)
+    ledger.record_failure(
+        claim, code=1002556, msg="nothing to withdraw", log_id=None, retryable=False, reach=Reach.REFUSED
+    )
     assert status(ledger) == REJECTED
     assert ledger.skip(intent(try_number=2), "nothing to withdraw") is True
     assert status(ledger) == SKIPPED
 
     other = intent("7412589630258741009")
     lost = ledger.claim(other)
-    ledger.record_failure(lost, code=None, msg="read timed out", log_id=None, retryable=True, uncertain=True)
+    ledger.record_failure(lost, code=None, msg="read timed out", log_id=None, retryable=True, reach=Reach.UNKNOWN)
     assert ledger.skip(intent("7412589630258741009", try_number=2), "nothing to withdraw") is False
     assert ledger.get("7412589630258741009").status == SENDING  # its zero may be that send's payment
 
@@ -457,10 +462,12 @@ def test_every_claim_appends_an_attempt_and_none_is_ever_deleted(ledger: Ledger)
         claims.append(claim)
         assert attempt_count(ledger) == try_number
         if try_number < 3:
-            ledger.record_failure(claim, code=None, msg="read timed out", log_id=None, retryable=True, uncertain=True)
+            ledger.record_failure(
+                claim, code=None, msg="read timed out", log_id=None, retryable=True, reach=Reach.UNKNOWN
+            )
     ledger.record_paid(claims[-1], withdrawal())
     ledger.claim(intent(try_number=4))  # answered from the ledger: no send, no attempt
-    ledger.record_failure(claims[0], code=None, msg="late timeout", log_id=None, retryable=True, uncertain=True)
+    ledger.record_failure(claims[0], code=None, msg="late timeout", log_id=None, retryable=True, reach=Reach.UNKNOWN)
 
     ids = [claim.attempt_id for claim in claims]
     assert ids == sorted(ids) and len(set(ids)) == 3
@@ -478,7 +485,7 @@ def test_every_claim_appends_an_attempt_and_none_is_ever_deleted(ledger: Ledger)
 def test_attempts_are_kept_for_every_outcome(ledger: Ledger) -> None:
     orders = [f"74125896302587420{n:02d}" for n in range(4)]
     rejected = ledger.claim(intent(orders[0]))
-    ledger.record_failure(rejected, code=1002001, msg="refused", log_id=None, retryable=False, uncertain=False)
+    ledger.record_failure(rejected, code=1002001, msg="refused", log_id=None, retryable=False, reach=Reach.REFUSED)
     review = ledger.claim(intent(orders[1]))
     ledger.record_unreadable(review, "{}", "no trans_time")
     paid = ledger.claim(intent(orders[2]))
@@ -702,8 +709,8 @@ def test_a_refusal_does_not_settle_an_order_id_another_send_is_still_waiting_on(
     zombie = ledger.claim(intent(try_number=1))
     retry = ledger.claim(intent(try_number=2))  # sent while the zombie's answer is still out
 
-    ledger.record_failure(zombie, code=1002001, msg="refused", log_id=None, retryable=False, uncertain=False)
-    ledger.record_failure(retry, code=None, msg="read timed out", log_id=None, retryable=True, uncertain=True)
+    ledger.record_failure(zombie, code=1002001, msg="refused", log_id=None, retryable=False, reach=Reach.REFUSED)
+    ledger.record_failure(retry, code=None, msg="read timed out", log_id=None, retryable=True, reach=Reach.UNKNOWN)
 
     # The retry's send may have paid: the row must not say "no money moved".
     assert status(ledger) in (SENDING, REVIEW)
@@ -715,7 +722,7 @@ def test_record_failure_reports_the_status_the_row_is_left_in(ledger: Ledger) ->
     ledger.record_paid(ledger.claim(intent(try_number=2)), withdrawal())
 
     left = ledger.record_failure(
-        late, code=1002001, msg="refused", log_id=None, retryable=False, uncertain=False
+        late, code=1002001, msg="refused", log_id=None, retryable=False, reach=Reach.REFUSED
     ).status
 
     assert left == status(ledger) == PAID

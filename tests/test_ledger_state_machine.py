@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from airflow_provider_feishu_hire.exceptions import Reach
 from airflow_provider_feishu_hire.ledger import (
     NEEDS_APPROVAL,
     PAID,
@@ -50,7 +51,7 @@ def reach(ledger: Ledger, order: str, status: str) -> Claim:
     if status == PAID:
         ledger.record_paid(claim, Withdrawal(ACCOUNT, order, 1_700_000_000_000, 5, {"CNY": Decimal("1.05")}))
     elif status == REJECTED:
-        ledger.record_failure(claim, code=1002001, msg="refused", log_id=None, retryable=False, uncertain=False)
+        ledger.record_failure(claim, code=1002001, msg="refused", log_id=None, retryable=False, reach=Reach.REFUSED)
     elif status == REVIEW:
         ledger.record_unreadable(claim, '{"point_bonus": "x"}', "point_bonus is not a number")
     assert (ledger.get(order) or pytest.fail(order)).status == status
@@ -74,14 +75,14 @@ def apply(ledger: Ledger, settler: Ledger, order: str, claim: Claim, outcome: Ou
         Outcome.OVER_APPROVAL: lambda: ledger.hold(again, "above"),
         Outcome.PAID: lambda: ledger.record_paid(claim, Withdrawal(ACCOUNT, order, 1_700_000_000_001, 9, {})),
         Outcome.UNREADABLE: lambda: ledger.record_unreadable(claim, "{}", "empty"),
-        Outcome.TRANSIENT: lambda: fail(retryable=True, uncertain=True),
-        Outcome.REFUSED: lambda: fail(retryable=False, uncertain=False),
+        Outcome.TRANSIENT: lambda: fail(retryable=True, reach=Reach.UNKNOWN),
+        Outcome.REFUSED: lambda: fail(retryable=False, reach=Reach.REFUSED),
         Outcome.REFUSED_WHILE_IN_FLIGHT: lambda: (
             ledger.claim(again) if sending else None,  # another send out
-            fail(retryable=False, uncertain=False),
+            fail(retryable=False, reach=Reach.REFUSED),
         ),
-        Outcome.REFUSED_AFTER_UNKNOWN: lambda: fail(retryable=False, uncertain=True),
-        Outcome.NOT_REACHED_AFTER_SEND: lambda: fail(retryable=False, uncertain=True, reached=False),
+        Outcome.REFUSED_AFTER_UNKNOWN: lambda: fail(retryable=False, reach=Reach.REFUSED_AFTER_UNKNOWN),
+        Outcome.NOT_REACHED_AFTER_SEND: lambda: fail(retryable=False, reach=Reach.NOT_SENT_AFTER_UNKNOWN),
         Outcome.SETTLED_PAID: lambda: settle(True),
         Outcome.SETTLED_NOT_PAID: lambda: settle(False),
     }
@@ -94,18 +95,18 @@ def test_the_table_covers_every_status_and_outcome() -> None:
 
 
 def test_failures_are_classified_as_the_table_names_them() -> None:
-    assert failure_outcome(retryable=True, reached=True, in_flight=True, unknown=True) is Outcome.TRANSIENT
-    assert failure_outcome(retryable=False, reached=True, in_flight=True, unknown=True) is (
+    assert failure_outcome(retryable=True, reach=Reach.REFUSED, in_flight=True, unknown=True) is Outcome.TRANSIENT
+    assert failure_outcome(retryable=False, reach=Reach.REFUSED, in_flight=True, unknown=True) is (
         Outcome.REFUSED_WHILE_IN_FLIGHT
     )
-    assert failure_outcome(retryable=False, reached=True, in_flight=False, unknown=True) is (
+    assert failure_outcome(retryable=False, reach=Reach.REFUSED, in_flight=False, unknown=True) is (
         Outcome.REFUSED_AFTER_UNKNOWN
     )
-    assert failure_outcome(retryable=False, reached=True, in_flight=False, unknown=False) is Outcome.REFUSED
-    assert failure_outcome(retryable=False, reached=False, in_flight=False, unknown=True) is (
+    assert failure_outcome(retryable=False, reach=Reach.REFUSED, in_flight=False, unknown=False) is Outcome.REFUSED
+    assert failure_outcome(retryable=False, reach=Reach.NOT_SENT, in_flight=False, unknown=True) is (
         Outcome.NOT_REACHED_AFTER_SEND
     )
-    assert failure_outcome(retryable=False, reached=False, in_flight=False, unknown=False) is Outcome.REFUSED
+    assert failure_outcome(retryable=False, reach=Reach.NOT_SENT, in_flight=False, unknown=False) is Outcome.REFUSED
 
 
 @pytest.mark.parametrize("status", STATUSES)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+from airflow_provider_feishu_hire.exceptions import Reach
+
 SKIPPED, SENDING, PAID, REJECTED, REVIEW = "skipped", "sending", "paid", "rejected", "review"
 NEEDS_APPROVAL = "needs_approval"
 STATUSES = (SKIPPED, NEEDS_APPROVAL, SENDING, PAID, REJECTED, REVIEW)
@@ -80,17 +82,19 @@ def next_status(status: str, outcome: Outcome) -> str | None:
     return TRANSITIONS[(status, outcome)]
 
 
-def failure_outcome(*, retryable: bool, reached: bool, in_flight: bool, unknown: bool) -> Outcome:
+def failure_outcome(*, retryable: bool, reach: Reach, in_flight: bool, unknown: bool) -> Outcome:
     """Classify a failed send of a ``sending`` row.
 
-    ``in_flight``: another send of the order id may still be waiting for its answer;
-    ``unknown``: an earlier send (this try's or another's) ended without a known outcome;
-    ``reached`` false: this attempt never got to the withdraw endpoint (its login failed), so
-    it proves nothing about earlier sends and moves nothing to review.
+    ``reach``: how far the call got, as the client decided it (:class:`Reach`); one that never
+    got to the withdraw endpoint (its login failed) proves nothing about earlier sends and
+    moves nothing to review. ``in_flight``: another send of the order id may still be waiting
+    for its answer; ``unknown``: an earlier send of it (another try's) ended without a known
+    outcome.
     """
     if retryable:
         return Outcome.TRANSIENT
-    if not reached:
+    unknown = unknown or reach.may_have_acted
+    if not reach.reached_endpoint:
         return Outcome.NOT_REACHED_AFTER_SEND if in_flight or unknown else Outcome.REFUSED
     if in_flight:
         return Outcome.REFUSED_WHILE_IN_FLIGHT

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlalchemy.engine import Connection
 
+from airflow_provider_feishu_hire.exceptions import Reach
 from airflow_provider_feishu_hire.ledger.database import insert_new, inserted_id
 from airflow_provider_feishu_hire.ledger.leases import Leases
 from airflow_provider_feishu_hire.ledger.model import (
@@ -188,8 +189,7 @@ class Withdrawals(Leases):
         msg: str,
         log_id: str | None,
         retryable: bool,
-        uncertain: bool,
-        reached: bool = True,
+        reach: Reach,
     ) -> LedgerRow:
         """What went wrong; returns the row as it is left, never moved back from paid or review.
 
@@ -198,10 +198,10 @@ class Withdrawals(Leases):
         Feishu. When another send of it is still waiting for its answer, the row stays
         ``sending`` for that send to settle; when an earlier send (this call's or another
         try's) ended without a known outcome, only a person can say whether money moved
-        (``review``). ``reached`` false says this attempt never got to the withdraw endpoint
-        (its login failed, Feishu's gateway refused it): it counts as no send, and it moves
-        nothing to ``review`` — a row with an earlier unknown send stays ``sending`` for the
-        next try to send again.
+        (``review``). ``reach`` is how far the call got, as the client decided it: one that never
+        got to the withdraw endpoint (its login failed, Feishu's gateway refused it) counts as
+        no send, and moves nothing to ``review`` — a row with an earlier unknown send stays
+        ``sending`` for the next try to send again.
         """
         order_id = claim.intent.external_order_id
         now = now_iso()
@@ -211,9 +211,8 @@ class Withdrawals(Leases):
             if row.status == SENDING and not retryable:
                 in_flight, unknown = self._other_attempts(conn, claim)
             outcome = failure_outcome(
-                retryable=retryable, reached=reached, in_flight=in_flight,
-                unknown=unknown or uncertain or claim.uncertain,
-            )  # fmt: skip
+                retryable=retryable, reach=reach, in_flight=in_flight, unknown=unknown or claim.uncertain
+            )
             after = next_status(row.status, outcome)
             if row.status == SENDING:
                 conn.execute(
@@ -223,10 +222,8 @@ class Withdrawals(Leases):
                 )
             # The attempt's own outcome: what this send left (unknown when another send settled the row).
             attempt = after if row.status == SENDING and after is not None else SENDING
-            self._finish_attempt(
-                conn, claim, UNSENT if not reached and attempt == SENDING else attempt, now, code=code, msg=msg,
-                log_id=log_id,
-            )  # fmt: skip
+            unsent = not reach.reached_endpoint and attempt == SENDING
+            self._finish_attempt(conn, claim, UNSENT if unsent else attempt, now, code=code, msg=msg, log_id=log_id)
             return self._row(conn, order_id)
 
     def record_unreadable(self, claim: Claim, raw_answer: str, problem: str) -> None:
