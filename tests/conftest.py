@@ -55,22 +55,25 @@ def pytest_sessionfinish() -> None:
 # --no-loadscope-reorder): these go first, and the many quick files fill in around them, so
 # neither process is left with a long file at the end. Files not named here keep their order.
 # The Celery stack (test_distributed.py, 347 s) runs alone after them: see the Makefile.
-LONGEST_FIRST = (  # seconds per file, measured with -n 2 on a loaded machine: docs in BENCHMARKS.md
+LONGEST_FIRST = (  # seconds per file, estimated on a loaded machine with -n 2 (BENCHMARKS.md has the runs)
+    "test_dags.py",  # 360: thirteen `airflow dags test` runs
     "test_payroll_batches_dag.py",  # 353: two airflow standalone
+    "test_event_dag.py",  # 330: two airflow standalone, one waiting out a sweep
     "test_browser.py",  # 302
-    "test_dags.py",  # 297: eleven `airflow dags test` runs
-    "test_event_dag.py",  # 208
-    "test_approval_dag.py",  # 194
+    "test_approval_dag.py",  # 220
+    "test_console_browser.py",  # 170
     "test_local_airflow.py",  # 164
     "test_events_kill.py",  # 146
+    "test_ledger.py",  # 130: three databases
+    "test_invariant.py",  # 120: hypothesis on three databases
+    "test_payout.py",  # 110
     "test_settlement.py",  # 103
-    "test_payroll_invariant.py",  # 74
-    "test_payout.py",  # 67
+    "test_console_airflow.py",  # 95
+    "test_payroll_invariant.py",  # 90
+    "test_console.py",  # 70
     "test_demo.py",  # 60
     "test_preview.py",  # 42
-    "test_ledger.py",  # 29
     "test_provider.py",  # 28
-    "test_invariant.py",  # 25
     "test_events_hostile.py",  # 24
 )
 
