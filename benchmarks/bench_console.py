@@ -30,10 +30,12 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import func, select
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from airflow_provider_feishu_hire.console import queries
-from airflow_provider_feishu_hire.ledger import CONSOLE_INDEXES, Ledger
+from airflow_provider_feishu_hire.ledger import CONSOLE_INDEXES, Ledger, schema
 from airflow_provider_feishu_hire.payroll import payroll_rows
 
 # The console's indexes, as the ledger creates them: dropped for the first measurement, then made again.
@@ -137,11 +139,9 @@ def pages(ledger: Ledger) -> list[tuple[str, Callable[[], Any]]]:
     readable = set(DAGS)
     flt = queries.WithdrawalFilter
     last = date(2026, 11, 30)
-    with ledger._transaction(write=False) as cur:
-        cur.execute("SELECT referral_account_id FROM feishu_hire_withdrawal LIMIT 1 OFFSET 12345")
-        (account,) = cur.fetchone()
-        cur.execute("SELECT max(id) FROM feishu_hire_payroll_batch")
-        (batch,) = cur.fetchone()
+    with ledger.engine.connect() as conn:
+        account = conn.execute(select(schema.withdrawal.c.referral_account_id).limit(1).offset(12345)).scalar_one()
+        batch = conn.execute(select(func.max(schema.payroll_batch.c.id))).scalar_one()
 
     def w(**kw: Any) -> Callable[[], Any]:
         offset = kw.pop("offset", 0)

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from fastapi import HTTPException, Request
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from airflow_provider_feishu_hire.console import app as console
 from airflow_provider_feishu_hire.console import queries
@@ -30,6 +31,7 @@ from airflow_provider_feishu_hire.ledger import (
     PayrollScope,
     Reconciliation,
     TaskTry,
+    schema,
 )
 from airflow_provider_feishu_hire.payroll import COLUMNS
 from airflow_provider_feishu_hire.withdrawal import Withdrawal
@@ -276,8 +278,8 @@ def test_needs_attention_lists_review_and_stuck_rows(clients: Clients, ledger: L
     assert [r["external_order_id"] for r in found["review"]["rows"]] == ["1004"]
     assert found["stuck_sending"]["rows"] == []
     old = Ledger(ledger._connect, ledger.dialect)  # the same ledger from another connection
-    with old._transaction() as cur:
-        cur.execute("UPDATE feishu_hire_withdrawal_attempt SET started_at = '2000-01-01T00:00:00.000+00:00'")
+    with old.engine.begin() as conn:
+        conn.execute(update(schema.withdrawal_attempt).values(started_at="2000-01-01T00:00:00.000+00:00"))
     old.close()
     found = clients.as_("alice").get("/api/needs-attention").json()
     assert [r["external_order_id"] for r in found["stuck_sending"]["rows"]] == ["1005"]

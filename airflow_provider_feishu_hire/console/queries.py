@@ -1,10 +1,9 @@
-"""Read queries of the payouts console, written against the ledger's tables (see ``ledger.py``'s DDL).
+"""Read queries of the payouts console, in SQLAlchemy Core against the ledger's tables (``ledger/schema.py``).
 
-No Airflow here. Every query is parameterized (``?`` placeholders, translated for
-PostgreSQL by the ledger's cursor), restricted to the DAG ids the caller may read, paginated
-or aggregated in SQL, and money stays exact: ``Decimal`` in Python, decimal strings out.
-SQLite keeps cash as decimal text, so its per-day sums add the amounts as integers of their
-own scale (``"12.50"`` is 1250 at scale 2) and Python joins the scales exactly.
+No Airflow here. Every query binds its values, is restricted to the DAG ids the caller may
+read, is paginated or aggregated in SQL, and money stays exact: ``Decimal`` in Python,
+decimal strings out. What each database spells its own way (day numbers, exact sums of
+SQLite's decimal text) is written once in ``ledger/database.py``.
 """
 
 from __future__ import annotations
@@ -19,6 +18,11 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy import Select, and_, false, func, select, type_coerce
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql import ColumnElement
+from sqlalchemy.types import NullType
+
 from airflow_provider_feishu_hire.ledger import (
     IN_FLIGHT_SECONDS,
     NEEDS_APPROVAL,
@@ -28,26 +32,28 @@ from airflow_provider_feishu_hire.ledger import (
     SENDING,
     SKIPPED,
     Ledger,
+    schema,
 )
+from airflow_provider_feishu_hire.ledger.database import DAY_MS, day_number, money_sum
+from airflow_provider_feishu_hire.ledger.schema import MONEY_SCALE, tidy_money
 from airflow_provider_feishu_hire.withdrawal import format_money, trans_time_iso
 
 STATUSES = (SKIPPED, SENDING, PAID, REJECTED, REVIEW, NEEDS_APPROVAL)
-DAY_MS = 86_400_000
 MAX_DAYS = 92  # the chart's longest period: a quarter (see benchmarks/bench_console.py)
 
-_ROW_COLUMNS = (
-    "w.external_order_id, w.referral_account_id, w.status, w.app_id, w.dag_id, w.run_id, w.task_id, w.map_index, "
-    "w.run_generation, w.requested_at, w.updated_at, w.sends, w.trans_time, w.point_bonus, w.error_code, "
-    "w.error_msg, w.log_id, "
-    "(SELECT m.payroll_batch_id FROM feishu_hire_payroll_batch_member m "
-    "WHERE m.external_order_id = w.external_order_id), "
-    "(SELECT count(*) FROM feishu_hire_withdrawal_attempt a WHERE a.external_order_id = w.external_order_id)"
-)
-_ROW_NAMES = (
-    "external_order_id", "referral_account_id", "status", "app_id", "dag_id", "run_id", "task_id", "map_index",
-    "run_generation", "requested_at", "updated_at", "sends", "trans_time", "point_bonus", "error_code", "error_msg",
-    "log_id", "payroll_batch_id", "attempts",
+w, c, a, m = schema.withdrawal.c, schema.withdrawal_cash.c, schema.withdrawal_attempt.c, schema.payroll_batch_member.c
+b, r, s = schema.payroll_batch.c, schema.reconciliation.c, schema.settlement.c
+
+_ROW = (
+    w.external_order_id, w.referral_account_id, w.status, w.app_id, w.dag_id, w.run_id, w.task_id, w.map_index,
+    w.run_generation, w.requested_at, w.updated_at, w.sends, w.trans_time, w.point_bonus, w.error_code,
+    w.error_msg, w.log_id,
+    select(m.payroll_batch_id).where(m.external_order_id == w.external_order_id).scalar_subquery()
+    .label("payroll_batch_id"),
+    select(func.count()).select_from(schema.withdrawal_attempt).where(a.external_order_id == w.external_order_id)
+    .scalar_subquery().label("attempts"),
 )  # fmt: skip
+_ROW_NAMES = tuple(str(column.name) for column in _ROW)
 
 
 @dataclass(frozen=True)
@@ -71,60 +77,63 @@ class WithdrawalFilter:
 
 
 def _money(value: Any) -> Decimal:
-    return value if isinstance(value, Decimal) else Decimal(str(value))
+    """An amount as the driver gave it (decimal text on SQLite), without the zeros a DECIMAL(38, 12) adds."""
+    amount = value if isinstance(value, Decimal) else Decimal(str(value))
+    return tidy_money(amount) if amount.as_tuple().exponent == -MONEY_SCALE else amount
 
 
-def _in(column: str, values: Collection[str]) -> tuple[str, list[Any]]:
-    """``column IN (?, ...)``; an empty set matches nothing."""
-    if not values:
-        return "1 = 0", []
-    return f"{column} IN ({', '.join('?' for _ in values)})", sorted(values)
+def _in(column: ColumnElement[Any], values: Collection[str]) -> ColumnElement[bool]:
+    """``column IN (...)``; an empty set matches nothing."""
+    return column.in_(sorted(values)) if values else false()
 
 
 def _day_start(day: date) -> str:
     return datetime(day.year, day.month, day.day, tzinfo=timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _where(flt: WithdrawalFilter, readable: Collection[str]) -> tuple[str, list[Any]]:
-    clause, params = _in("w.dag_id", readable)
-    where = [clause]
-    for sql, value in (
-        ("w.dag_id = ?", flt.dag_id),
-        ("w.run_id = ?", flt.run_id),
-        ("w.referral_account_id = ?", flt.referral_account_id),
-        ("w.status = ?", flt.status),
-        ("w.app_id = ?", flt.app_id),
-        ("w.requested_at >= ?", _day_start(flt.date_from) if flt.date_from else None),
-        ("w.requested_at < ?", _day_start(flt.date_to + timedelta(days=1)) if flt.date_to else None),
-        (
-            "w.external_order_id IN (SELECT external_order_id FROM feishu_hire_payroll_batch_member "
-            "WHERE payroll_batch_id = ?)",
-            flt.payroll_batch_id,
-        ),
+def _where(flt: WithdrawalFilter, readable: Collection[str]) -> list[ColumnElement[bool]]:
+    where = [_in(w.dag_id, readable)]
+    for column, value in (
+        (w.dag_id, flt.dag_id),
+        (w.run_id, flt.run_id),
+        (w.referral_account_id, flt.referral_account_id),
+        (w.status, flt.status),
+        (w.app_id, flt.app_id),
     ):
         if value is not None:
-            where.append(sql)
-            params.append(value)
-    return " AND ".join(where), params
+            where.append(column == value)
+    if flt.date_from:
+        where.append(w.requested_at >= _day_start(flt.date_from))
+    if flt.date_to:
+        where.append(w.requested_at < _day_start(flt.date_to + timedelta(days=1)))
+    if flt.payroll_batch_id is not None:
+        batch = select(m.external_order_id).where(m.payroll_batch_id == flt.payroll_batch_id)
+        where.append(w.external_order_id.in_(batch))
+    return where
 
 
-def _cash_of(cur: Any, order_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+def _raw(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """A money column as the driver reads it (see :func:`_money`)."""
+    return type_coerce(column, NullType())
+
+
+def _cash_of(conn: Connection, order_ids: Sequence[str]) -> dict[str, dict[str, str]]:
     if not order_ids:
         return {}
-    cur.execute(
-        "SELECT external_order_id, currency_type, amount FROM feishu_hire_withdrawal_cash "
-        f"WHERE external_order_id IN ({', '.join('?' for _ in order_ids)}) ORDER BY 1, 2",
-        list(order_ids),
+    query = (
+        select(c.external_order_id, c.currency_type, _raw(c.amount))
+        .where(c.external_order_id.in_(list(order_ids)))
+        .order_by(c.external_order_id, c.currency_type)
     )
     cash: dict[str, dict[str, str]] = {}
-    for order_id, currency, amount in cur.fetchall():
+    for order_id, currency, amount in conn.execute(query):
         cash.setdefault(order_id, {})[currency] = format_money(_money(amount))
     return cash
 
 
-def _rows(cur: Any, found: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+def _rows(conn: Connection, found: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
     out = [dict(zip(_ROW_NAMES, values, strict=True)) for values in found]
-    cash = _cash_of(cur, [row["external_order_id"] for row in out])
+    cash = _cash_of(conn, [row["external_order_id"] for row in out])
     for row in out:
         row["cash_bonus"] = cash.get(row["external_order_id"], {})
         paid = row["status"] == PAID
@@ -136,63 +145,52 @@ def _rows(cur: Any, found: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _newest_first(where: Sequence[ColumnElement[bool]]) -> Select[Any]:
+    return select(*_ROW).where(*where).order_by(w.requested_at.desc(), w.external_order_id.desc())
+
+
 def withdrawals(
     ledger: Ledger, flt: WithdrawalFilter, readable: Collection[str], *, limit: int, offset: int
 ) -> tuple[list[dict[str, Any]], bool]:
     """One page of withdrawals, newest request first, and whether there are more."""
-    where, params = _where(flt, readable)
-    with ledger._transaction(write=False) as cur:
-        cur.execute(
-            f"SELECT {_ROW_COLUMNS} FROM feishu_hire_withdrawal w WHERE {where} "
-            "ORDER BY w.requested_at DESC, w.external_order_id DESC LIMIT ? OFFSET ?",
-            [*params, limit + 1, offset],
-        )
-        found = cur.fetchall()
-        return _rows(cur, found[:limit]), len(found) > limit
+    with ledger._begin(write=False) as conn:
+        found = conn.execute(_newest_first(_where(flt, readable)).limit(limit + 1).offset(offset)).all()
+        return _rows(conn, found[:limit]), len(found) > limit
 
 
 def withdrawal(ledger: Ledger, external_order_id: str) -> dict[str, Any] | None:
     """One withdrawal with its cash, batch and number of attempts (no permission check: the caller does it)."""
-    with ledger._transaction(write=False) as cur:
-        cur.execute(f"SELECT {_ROW_COLUMNS} FROM feishu_hire_withdrawal w WHERE w.external_order_id = ?",
-                    [external_order_id])  # fmt: skip
-        found = cur.fetchall()
-        return _rows(cur, found)[0] if found else None
+    with ledger._begin(write=False) as conn:
+        found = conn.execute(select(*_ROW).where(w.external_order_id == external_order_id)).all()
+        return _rows(conn, found)[0] if found else None
 
 
 def needs_attention(ledger: Ledger, readable: Collection[str], *, limit: int) -> dict[str, Any]:
     """What a person must look at: rows in review, sending with no send still able to answer, needing a new
     approval, refused; and settlements waiting for a second person. At most ``limit`` rows of each."""
     recent = (datetime.now(timezone.utc) - timedelta(seconds=IN_FLIGHT_SECONDS)).isoformat(timespec="milliseconds")
-    dags, dag_params = _in("w.dag_id", readable)
+    dags = _in(w.dag_id, readable)
+    last_send = select(func.max(a.started_at)).where(a.external_order_id == w.external_order_id).scalar_subquery()
     out: dict[str, Any] = {}
-    with ledger._transaction(write=False) as cur:
-        for name, extra, extra_params in (
-            ("review", "w.status = ?", [REVIEW]),
-            (
-                "stuck_sending",
-                "w.status = ? AND coalesce((SELECT max(a.started_at) FROM feishu_hire_withdrawal_attempt a "
-                "WHERE a.external_order_id = w.external_order_id), w.updated_at) < ?",
-                [SENDING, recent],
-            ),
-            ("needs_approval", "w.status = ?", [NEEDS_APPROVAL]),
-            ("rejected", "w.status = ?", [REJECTED]),
+    with ledger._begin(write=False) as conn:
+        for name, extra in (
+            ("review", w.status == REVIEW),
+            ("stuck_sending", and_(w.status == SENDING, func.coalesce(last_send, w.updated_at) < recent)),
+            ("needs_approval", w.status == NEEDS_APPROVAL),
+            ("rejected", w.status == REJECTED),
         ):
-            cur.execute(
-                f"SELECT {_ROW_COLUMNS} FROM feishu_hire_withdrawal w WHERE {extra} AND {dags} "
-                "ORDER BY w.requested_at DESC, w.external_order_id DESC LIMIT ?",
-                [*extra_params, *dag_params, limit + 1],
+            found = conn.execute(_newest_first([extra, dags]).limit(limit + 1)).all()
+            out[name] = {"rows": _rows(conn, found[:limit]), "more": len(found) > limit}
+        found = conn.execute(
+            select(
+                s.id, s.external_order_id, s.paid, s.trans_time, s.point_bonus, s.cash_bonus, s.evidence,
+                s.proposed_by, s.proposed_at, w.dag_id, w.referral_account_id,
             )
-            found = cur.fetchall()
-            out[name] = {"rows": _rows(cur, found[:limit]), "more": len(found) > limit}
-        cur.execute(
-            "SELECT s.id, s.external_order_id, s.paid, s.trans_time, s.point_bonus, s.cash_bonus, s.evidence, "
-            "s.proposed_by, s.proposed_at, w.dag_id, w.referral_account_id FROM feishu_hire_settlement s "
-            f"JOIN feishu_hire_withdrawal w ON w.external_order_id = s.external_order_id "
-            f"WHERE s.confirmed_by IS NULL AND {dags} ORDER BY s.id LIMIT ?",
-            [*dag_params, limit + 1],
-        )
-        found = cur.fetchall()
+            .select_from(schema.settlement.join(schema.withdrawal, w.external_order_id == s.external_order_id))
+            .where(s.confirmed_by.is_(None), dags)
+            .order_by(s.id)
+            .limit(limit + 1)
+        ).all()  # fmt: skip
     pending = [
         {
             "id": int(sid), "external_order_id": order, "paid": bool(paid),
@@ -218,43 +216,41 @@ def _batch(values: Sequence[Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-_BATCH_COLUMNS = (
-    "b.id, b.scope, b.scope_key, b.dag_id, b.run_id, b.run_generation, b.task_id, b.map_index, b.try_number, "
-    "b.created_at, b.accounts, b.point_bonus, b.cash_bonus, "
-    "(SELECT count(*) FROM feishu_hire_payroll_batch_member m WHERE m.payroll_batch_id = b.id)"
-)
+_BATCH = (
+    b.id, b.scope, b.scope_key, b.dag_id, b.run_id, b.run_generation, b.task_id, b.map_index, b.try_number,
+    b.created_at, b.accounts, b.point_bonus, b.cash_bonus,
+    select(func.count()).select_from(schema.payroll_batch_member).where(m.payroll_batch_id == b.id).scalar_subquery(),
+)  # fmt: skip
 
 
 def payroll_batches(
     ledger: Ledger, readable: Collection[str], *, dag_id: str | None, limit: int, offset: int
 ) -> tuple[list[dict[str, Any]], bool]:
     """Batches made by exports of readable DAGs, newest first, with their totals as made."""
-    where, params = _in("b.dag_id", readable)
+    query = select(*_BATCH).where(_in(b.dag_id, readable))
     if dag_id is not None:
-        where, params = f"{where} AND b.dag_id = ?", [*params, dag_id]
-    with ledger._transaction(write=False) as cur:
-        cur.execute(
-            f"SELECT {_BATCH_COLUMNS} FROM feishu_hire_payroll_batch b WHERE {where} "
-            "ORDER BY b.id DESC LIMIT ? OFFSET ?",
-            [*params, limit + 1, offset],
-        )
-        found = cur.fetchall()
+        query = query.where(b.dag_id == dag_id)
+    with ledger._begin(write=False) as conn:
+        found = conn.execute(query.order_by(b.id.desc()).limit(limit + 1).offset(offset)).all()
     return [_batch(values) for values in found[:limit]], len(found) > limit
 
 
 def payroll_batch(ledger: Ledger, batch_id: int) -> tuple[dict[str, Any], set[str]] | None:
     """One batch and the DAG ids of its members (who may see it depends on them too)."""
-    with ledger._transaction(write=False) as cur:
-        cur.execute(f"SELECT {_BATCH_COLUMNS} FROM feishu_hire_payroll_batch b WHERE b.id = ?", [batch_id])
-        found = cur.fetchone()
+    with ledger._begin(write=False) as conn:
+        found = conn.execute(select(*_BATCH).where(b.id == batch_id)).first()
         if found is None:
             return None
-        cur.execute(
-            "SELECT DISTINCT w.dag_id FROM feishu_hire_payroll_batch_member m JOIN feishu_hire_withdrawal w "
-            "ON w.external_order_id = m.external_order_id WHERE m.payroll_batch_id = ?",
-            [batch_id],
+        dags = set(
+            conn.execute(
+                select(w.dag_id)
+                .distinct()
+                .select_from(
+                    schema.payroll_batch_member.join(schema.withdrawal, w.external_order_id == m.external_order_id)
+                )
+                .where(m.payroll_batch_id == batch_id)
+            ).scalars()
         )
-        dags = {dag for (dag,) in cur.fetchall()}
     return _batch(found), dags | {str(found[3])}
 
 
@@ -262,30 +258,26 @@ def reconciliations(
     ledger: Ledger, readable: Collection[str], *, dag_id: str | None, only_mismatched: bool, limit: int, offset: int
 ) -> tuple[list[dict[str, Any]], bool]:
     """Reconciliations run by readable DAGs, newest first, each with its window and disagreements per account."""
-    where, params = _in("r.dag_id", readable)
+    query = select(
+        r.id, r.app_id, r.start_trans_time, r.end_trans_time, r.accounts, r.point_bonus, r.mismatches, r.dag_id,
+        r.run_id, r.task_id, r.reconciled_at,
+    ).where(_in(r.dag_id, readable))  # fmt: skip
     if dag_id is not None:
-        where, params = f"{where} AND r.dag_id = ?", [*params, dag_id]
+        query = query.where(r.dag_id == dag_id)
     if only_mismatched:
-        where += " AND r.mismatches > 0"
-    with ledger._transaction(write=False) as cur:
-        cur.execute(
-            "SELECT r.id, r.app_id, r.start_trans_time, r.end_trans_time, r.accounts, r.point_bonus, r.mismatches, "
-            f"r.dag_id, r.run_id, r.task_id, r.reconciled_at FROM feishu_hire_reconciliation r WHERE {where} "
-            "ORDER BY r.id DESC LIMIT ? OFFSET ?",
-            [*params, limit + 1, offset],
-        )
-        found = cur.fetchall()[: limit + 1]
+        query = query.where(r.mismatches > 0)
+    with ledger._begin(write=False) as conn:
+        found = conn.execute(query.order_by(r.id.desc()).limit(limit + 1).offset(offset)).all()[: limit + 1]
         more, found = len(found) > limit, found[:limit]
         ids = [int(values[0]) for values in found]
         mismatches: dict[int, list[dict[str, Any]]] = {}
         if ids:
-            cur.execute(
-                "SELECT reconciliation_id, referral_account_id, ledger_point_bonus, feishu_point_bonus "
-                f"FROM feishu_hire_reconciliation_mismatch WHERE reconciliation_id IN ({', '.join('?' for _ in ids)}) "
-                "ORDER BY 1, 2",
-                ids,
-            )
-            for rid, account, ours, theirs in cur.fetchall():
+            x = schema.reconciliation_mismatch.c
+            for rid, account, ours, theirs in conn.execute(
+                select(x.reconciliation_id, x.referral_account_id, x.ledger_point_bonus, x.feishu_point_bonus)
+                .where(x.reconciliation_id.in_(ids))
+                .order_by(x.reconciliation_id, x.referral_account_id)
+            ):
                 mismatches.setdefault(int(rid), []).append(
                     {"referral_account_id": account, "ledger_point_bonus": int(ours), "feishu_point_bonus": int(theirs)}
                 )
@@ -339,57 +331,41 @@ _CACHE_KEYS = 256
 _cash_by_day = _CashByDay()
 
 
-def _day(ledger: Ledger) -> str:
-    """The UTC day number (days since 1970-01-01) of ``w.trans_time``: integer division (MySQL's ``/`` is not)."""
-    return f"w.trans_time DIV {DAY_MS}" if ledger.dialect == "mysql" else f"w.trans_time / {DAY_MS}"
-
-
 def _cash_sums(
-    ledger: Ledger, cur: Any, where: str, params: list[Any], group: str | None
+    ledger: Ledger, conn: Connection, where: Sequence[ColumnElement[bool]], group: ColumnElement[Any] | None
 ) -> dict[int, dict[str, Decimal]]:
-    """Cash per currency of the withdrawals ``w`` matching ``where``, per value of the integer SQL expression
-    ``group`` (all under 0 without one), summed exactly in SQL."""
-    key, by = (group, f"{group}, ") if group else ("0", "")
-    join = f"FROM feishu_hire_withdrawal_cash c JOIN feishu_hire_withdrawal w ON w.external_order_id = " \
-           f"c.external_order_id WHERE {where}"  # fmt: skip
-    if ledger.dialect != "sqlite":  # NUMERIC / DECIMAL: exact sums
-        cur.execute(f"SELECT {key}, c.currency_type, 0, sum(c.amount) {join} GROUP BY {by}c.currency_type", params)
-    else:  # decimal text: add digits as integers per scale, exactly (an overflow is an error, not a rounding)
-        scale = "CASE WHEN instr(c.amount, '.') = 0 THEN 0 ELSE length(c.amount) - instr(c.amount, '.') END"
-        cur.execute(
-            f"SELECT {key}, c.currency_type, {scale}, sum(CAST(replace(c.amount, '.', '') AS INTEGER)) {join} "
-            f"GROUP BY {by}c.currency_type, {scale}",
-            params,
-        )
+    """Cash per currency of the withdrawals matching ``where``, per value of the integer SQL expression ``group``
+    (all under 0 without one), summed exactly in SQL (:func:`~ledger.database.money_sum`)."""
+    total, *places = money_sum(ledger.dialect, c.amount)
+    keys = [] if group is None else [group]
+    query = (
+        select(*keys, c.currency_type, total, *places)
+        .select_from(schema.withdrawal_cash.join(schema.withdrawal, w.external_order_id == c.external_order_id))
+        .where(*where)
+        .group_by(*keys, c.currency_type, *places)
+    )
     sums: dict[int, dict[str, Decimal]] = {}
-    for number, currency, places, total in cur.fetchall():
-        amount = _money(total) if ledger.dialect != "sqlite" else Decimal(int(total)).scaleb(-int(places))
-        cash = sums.setdefault(int(number), {})
+    for found in conn.execute(query):
+        number = int(found[0]) if group is not None else 0
+        currency, digits, *scale = found[len(keys) :]
+        amount = _money(digits)
+        if scale and scale[0]:
+            amount = amount.scaleb(-int(scale[0]))
+        cash = sums.setdefault(number, {})
         cash[currency] = cash.get(currency, Decimal(0)) + amount
     return sums
-
-
-def _cash_per_day(
-    ledger: Ledger, cur: Any, where: str, params: list[Any], start: int, end: int
-) -> dict[int, dict[str, Decimal]]:
-    """Cash per currency per day number of paid withdrawals with ``start <= trans_time < end``, summed in SQL."""
-    where = f"{where} AND w.trans_time >= ? AND w.trans_time < ?"
-    return _cash_sums(ledger, cur, where, [*params, start, end], _day(ledger))
 
 
 def totals(ledger: Ledger, flt: WithdrawalFilter, readable: Collection[str]) -> dict[str, Any]:
     """What the withdrawals a filter selects add up to: how many in each status, and the points and cash paid.
 
     Only for a narrow filter (the console asks with a run): it reads every row selected."""
-    where, params = _where(flt, readable)
-    with ledger._transaction(write=False) as cur:
-        cur.execute(
-            f"SELECT w.status, count(*), sum(w.point_bonus) FROM feishu_hire_withdrawal w WHERE {where} "
-            "GROUP BY w.status",
-            params,
-        )
-        found = cur.fetchall()
-        cash = _cash_sums(ledger, cur, f"{where} AND w.status = ?", [*params, PAID], None).get(0, {})
+    where = _where(flt, readable)
+    with ledger._begin(write=False) as conn:
+        found = conn.execute(
+            select(w.status, func.count(), func.sum(w.point_bonus)).where(*where).group_by(w.status)
+        ).all()
+        cash = _cash_sums(ledger, conn, [*where, w.status == PAID], None).get(0, {})
     statuses = {status: int(count) for status, count, _ in found}
     points = sum(int(p or 0) for status, _, p in found if status == PAID)
     return {
@@ -418,26 +394,24 @@ def paid_per_day(
     """
     start = int(datetime(day_from.year, day_from.month, day_from.day, tzinfo=timezone.utc).timestamp() * 1000)
     end = int(datetime(day_to.year, day_to.month, day_to.day, tzinfo=timezone.utc).timestamp() * 1000) + DAY_MS
-    where, params = _in("w.dag_id", readable)
-    where = f"w.status = ? AND {where}"
-    params = [PAID, *params]
-    for column, value in (("w.dag_id", dag_id), ("w.app_id", app_id)):
+    where = [w.status == PAID, _in(w.dag_id, readable)]
+    for column, value in ((w.dag_id, dag_id), (w.app_id, app_id)):
         if value is not None:
-            where, params = f"{where} AND {column} = ?", [*params, value]
+            where.append(column == value)
+    day = day_number(w.trans_time)
     key = (frozenset(readable), dag_id, app_id)
     cached = _cash_by_day.get(ledger, key)
     counted: dict[int, tuple[int, int]] = {}
-    with ledger._transaction(write=False) as cur:
-        cur.execute(
-            f"SELECT {_day(ledger)}, count(*), sum(w.point_bonus) FROM feishu_hire_withdrawal w "
-            f"WHERE {where} AND w.trans_time >= ? AND w.trans_time < ? GROUP BY {_day(ledger)}",
-            [*params, start, end],
+    with ledger._begin(write=False) as conn:
+        query = select(day, func.count(), func.sum(w.point_bonus)).where(
+            *where, w.trans_time >= start, w.trans_time < end
         )
-        for number, count, points in cur.fetchall():
+        for number, count, points in conn.execute(query.group_by(day)):
             counted[int(number)] = (int(count), int(points or 0))
         stale = sorted(n for n, (count, _) in counted.items() if n not in cached or cached[n][0] != count)
         if stale:  # one query over the span of the days to sum again (on a payday: today)
-            fresh = _cash_per_day(ledger, cur, where, params, stale[0] * DAY_MS, (stale[-1] + 1) * DAY_MS)
+            span = [w.trans_time >= stale[0] * DAY_MS, w.trans_time < (stale[-1] + 1) * DAY_MS]
+            fresh = _cash_sums(ledger, conn, [*where, *span], day)
             for number in stale:
                 cached[number] = (counted[number][0], fresh.get(number, {}))
     _cash_by_day.put(ledger, key, cached)
@@ -468,11 +442,10 @@ def paid_per_day(
 
 def settlement_owner(ledger: Ledger, settlement_id: int) -> tuple[str, str, str, bool] | None:
     """(order id, proposer, DAG id of the order, already confirmed) of a settlement, or None."""
-    with ledger._transaction(write=False) as cur:
-        cur.execute(
-            "SELECT s.external_order_id, s.proposed_by, w.dag_id, s.confirmed_by FROM feishu_hire_settlement s "
-            "JOIN feishu_hire_withdrawal w ON w.external_order_id = s.external_order_id WHERE s.id = ?",
-            [settlement_id],
-        )
-        found = cur.fetchone()
+    with ledger._begin(write=False) as conn:
+        found = conn.execute(
+            select(s.external_order_id, s.proposed_by, w.dag_id, s.confirmed_by)
+            .select_from(schema.settlement.join(schema.withdrawal, w.external_order_id == s.external_order_id))
+            .where(s.id == settlement_id)
+        ).first()
     return None if found is None else (found[0], found[1], found[2], found[3] is not None)

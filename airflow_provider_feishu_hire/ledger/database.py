@@ -11,6 +11,9 @@ every database spells its own way, written once here with SQLAlchemy's construct
   locks that deadlock concurrent inserts of new order ids.
 - An insert that leaves an existing row alone: ``ON CONFLICT DO NOTHING`` (PostgreSQL,
   SQLite), ``ON DUPLICATE KEY UPDATE`` of the key to itself (MySQL/MariaDB).
+- Whole days of epoch milliseconds: integer division, ``/`` of two integers except on
+  MySQL/MariaDB, whose ``/`` gives a decimal rounded to four places (:class:`day_number`).
+- Exact sums of money, which SQLite holds as decimal text (:func:`money_sum`).
 """
 
 from __future__ import annotations
@@ -20,10 +23,15 @@ from contextlib import contextmanager, suppress
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Table, create_engine, event, select
+from sqlalchemy import BigInteger, Integer, Table, case, cast, create_engine, event, func, select, type_coerce
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection, CursorResult, Engine
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import NullPool
+from sqlalchemy.sql import ColumnElement
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.types import NullType
 
 from airflow_provider_feishu_hire.ledger import schema
 from airflow_provider_feishu_hire.ledger.model import LedgerError
@@ -190,3 +198,41 @@ def take_lock(conn: Connection, name: str) -> None:
     """Hold the named lock until this transaction ends (a row of ``feishu_hire_lock``, locked)."""
     insert_new(conn, schema.lock, {"name": name})
     conn.execute(select(schema.lock.c.name).where(schema.lock.c.name == name).with_for_update()).one()
+
+
+DAY_MS = 86_400_000
+
+
+class day_number(FunctionElement[int]):
+    """The UTC day number (days since 1970-01-01) of an epoch-milliseconds column, by integer division
+    (``trans_time // 86400000``; SQLAlchemy's own ``//`` floors a decimal on MySQL, rounded first)."""
+
+    type = BigInteger()
+    inherit_cache = True
+    name = "day_number"
+
+
+@compiles(day_number)
+def _day_number(element: day_number, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"({compiler.process(element.clauses, **kw)} / {DAY_MS})"
+
+
+@compiles(day_number, "mysql")
+@compiles(day_number, "mariadb")
+def _day_number_div(element: day_number, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"({compiler.process(element.clauses, **kw)} DIV {DAY_MS})"
+
+
+def money_sum(dialect: str, amount: ColumnElement[Any]) -> tuple[ColumnElement[Any], ...]:
+    """Columns that sum a :class:`~schema.Money` column exactly: select them all, group by all but the first.
+
+    PostgreSQL and MySQL/MariaDB: ``(sum,)``, their exact decimal sum as the driver gives it. SQLite, whose
+    money is decimal text: ``(digits, places)``, the amounts of each number of decimal places added as
+    integers ("12.50" is 1250 at 2 places), so the sum is ``digits`` scaled by 10**-places; exact, and an
+    overflow is an error, never a rounding.
+    """
+    if dialect != "sqlite":
+        return (type_coerce(func.sum(amount), NullType()),)
+    point = func.instr(amount, ".")
+    places = case((point == 0, 0), else_=func.length(amount) - point)
+    return func.sum(cast(func.replace(amount, ".", ""), Integer)), places
