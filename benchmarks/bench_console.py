@@ -30,7 +30,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -215,9 +215,8 @@ def main() -> None:
         build(args.db, args.withdrawals)
         print(f"  built in {time.perf_counter() - began:.0f} s", file=sys.stderr)
     ledger = Ledger(lambda: sqlite3.connect(args.db, check_same_thread=False, isolation_level=None), "sqlite")
-    with ledger._transaction(write=False) as cur:
-        cur.execute("SELECT count(*) FROM feishu_hire_withdrawal")
-        (count,) = cur.fetchone()
+    with ledger.engine.connect() as conn:
+        count = conn.execute(select(func.count()).select_from(schema.withdrawal)).scalar_one()
     results: dict[str, list[tuple[str, float, float]]] = {}
     for label in ("without", "with"):
         for index in INDEXES:
@@ -225,8 +224,8 @@ def main() -> None:
                 index.create(ledger.engine, checkfirst=True)
             else:  # a file kept from an earlier run has them
                 index.drop(ledger.engine, checkfirst=True)
-        with ledger._transaction() as cur:
-            cur.execute("ANALYZE")
+        with ledger.engine.begin() as conn:
+            conn.execute(text("ANALYZE"))
         results[label] = [measure(name, run, args.rounds) for name, run in pages(ledger)]
     ledger.close()
     print(f"\n{count:,} withdrawals, SQLite, median (worst) of {args.rounds} rounds, ms\n")
