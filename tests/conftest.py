@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import pytest
@@ -390,6 +391,29 @@ def assert_paid_exactly_once(ledger: Ledger, sandbox: FeishuSandbox) -> None:
     orders = [entry["external_order_id"] for entry in sandbox.state()["ledger"]]
     assert len(orders) == len(set(orders)), "Feishu saw one order id twice as a new withdrawal"
     assert ledger_payroll(ledger) == truth
+
+
+def ledger_sql(ledger: Ledger, statement: str, *params: object) -> list[tuple[Any, ...]]:
+    """Plain SQL in a transaction of its own, committed: what any other process would see.
+
+    ``?`` marks each parameter, bound by SQLAlchemy in the driver's own style; a statement
+    without parameters goes to the driver as it is (DDL). Rows come back as tuples, amounts
+    without the zeros a fixed-scale column adds (as the ledger reads them).
+    """
+    from sqlalchemy import text
+
+    from airflow_provider_feishu_hire.ledger.schema import tidy_money
+
+    with ledger.engine.begin() as conn:
+        if params:
+            numbered = iter(range(len(params)))
+            bound = re.sub(r"\?", lambda _: f":p{next(numbered)}", statement)
+            result = conn.execute(text(bound), {f"p{index}": value for index, value in enumerate(params)})
+        else:
+            result = conn.exec_driver_sql(statement)
+        if not result.returns_rows:
+            return []
+        return [tuple(tidy_money(v) if isinstance(v, Decimal) else v for v in row) for row in result.fetchall()]
 
 
 def wait_for(check: Callable[[], T], what: str, timeout: float = 240.0) -> T:

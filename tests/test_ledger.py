@@ -35,7 +35,7 @@ from airflow_provider_feishu_hire.ledger import (
 )
 from airflow_provider_feishu_hire.ledger.migrations import PRE_ALEMBIC_REFUSAL, VERSION_TABLE, head
 from airflow_provider_feishu_hire.withdrawal import CASH, POINTS, Withdrawal
-from tests.conftest import ledger_connection
+from tests.conftest import ledger_connection, ledger_sql
 
 pytestmark = pytest.mark.lowest  # also run on the lowest supported Airflow (Makefile: pytest-lowest)
 
@@ -88,11 +88,7 @@ def withdrawal(
     )
 
 
-def query(ledger: Ledger, sql: str, *params: object) -> list[tuple[Any, ...]]:
-    """Plain SQL (``?`` placeholders) in a transaction of its own, committed: what any other process would see."""
-    with ledger._transaction() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall() if sql.lstrip().upper().startswith("SELECT") else []
+query = ledger_sql  # plain SQL with ? placeholders, committed: what any other process would see
 
 
 def attempts(ledger: Ledger, order_id: str = ORDER) -> list[tuple[Any, ...]]:

@@ -27,7 +27,7 @@ from airflow_provider_feishu_hire.payout import CARRIED_OVER, withdraw_account, 
 from airflow_provider_feishu_hire.payroll import completeness
 from airflow_provider_feishu_hire.sandbox import DEFAULT_APP_ID, DEFAULT_APP_SECRET, Account, FeishuSandbox
 from airflow_provider_feishu_hire.withdrawal import derive_external_order_id
-from tests.conftest import FAST_RETRY, ROOT, assert_paid_exactly_once, ledger_payroll
+from tests.conftest import FAST_RETRY, ROOT, assert_paid_exactly_once, ledger_payroll, ledger_sql
 
 pytestmark = pytest.mark.lowest  # also run on the lowest supported Airflow (Makefile: pytest-lowest)
 
@@ -362,9 +362,8 @@ def test_the_shared_pace_hands_out_slots_an_interval_apart(ledger: Ledger) -> No
     next_slots = []
     for _ in range(20):
         ledger.reserve_wait(pace.pace_key, pace.interval)
-        with ledger._transaction(write=False) as cur:
-            cur.execute("SELECT next_slot FROM feishu_hire_pace WHERE pace_key = ?", (pace.pace_key,))
-            next_slots.append(float(cur.fetchone()[0]))
+        ((next_slot,),) = ledger_sql(ledger, "SELECT next_slot FROM feishu_hire_pace WHERE pace_key = ?", pace.pace_key)
+        next_slots.append(float(next_slot))
     gaps = [b - a for a, b in itertools.pairwise(next_slots)]
     assert min(gaps) >= pace.interval - 1e-6  # epoch seconds in a double: a few hundred ns of rounding
 
@@ -379,8 +378,7 @@ def test_a_worker_with_a_skewed_clock_does_not_stall_the_others(
             skewed.setattr(time, "time", lambda: 1e10)  # this worker's clock is centuries ahead
             assert ledger.reserve_wait("cli_app:withdraw", interval) <= interval
     else:  # one machine, one clock; a slot written by a skewed clock before is dropped
-        with ledger._transaction() as cur:
-            cur.execute("INSERT INTO feishu_hire_pace VALUES ('cli_app:withdraw', ?)", (time.time() + 3600,))
+        ledger_sql(ledger, "INSERT INTO feishu_hire_pace VALUES ('cli_app:withdraw', ?)", time.time() + 3600)
     waits = [ledger.reserve_wait("cli_app:withdraw", interval) for _ in range(3)]
     assert max(waits) <= 3 * interval  # not an hour
 

@@ -33,7 +33,13 @@ from airflow_provider_feishu_hire.ledger import (
 from airflow_provider_feishu_hire.payout import withdraw_account
 from airflow_provider_feishu_hire.sandbox import DEFAULT_APP_ID, DEFAULT_APP_SECRET, Account, FeishuSandbox
 from airflow_provider_feishu_hire.withdrawal import Withdrawal, derive_external_order_id
-from tests.conftest import FAST_RETRY, PostgresServer, assert_paid_exactly_once, postgres_ledger_connection
+from tests.conftest import (
+    FAST_RETRY,
+    PostgresServer,
+    assert_paid_exactly_once,
+    ledger_sql,
+    postgres_ledger_connection,
+)
 
 DAG = "payroll"
 A, B, C = "7600000000000000001", "7600000000000000002", "7600000000000000003"
@@ -280,29 +286,29 @@ def test_a_schema_2_ledger_upgrades_with_every_row_and_amount_and_no_payment_exp
         ("16", C, SKIPPED, "run_2", None, None, None),
     ]
     with ledger:
-        with ledger._transaction() as cur:
-            for statement in filter(str.strip, schema.split(";")):
-                cur.execute(statement)
-            for order, account, status, run, trans_time, points, cny in rows:
-                cur.execute(
-                    "INSERT INTO feishu_hire_withdrawal (external_order_id, referral_account_id, withdraw_bonus_type, "
-                    "app_id, dag_id, run_id, task_id, map_index, requested_at, status, sends, trans_time, "
-                    "point_bonus, updated_at) VALUES (?, ?, '1,2', ?, ?, ?, 'withdraw', -1, ?, ?, 1, ?, ?, ?)",
-                    (order, account, DEFAULT_APP_ID, DAG, run, "2026-11-30T00:00:00.000+00:00", status, trans_time,
-                     points, "2026-11-30T00:00:00.000+00:00"),
-                )  # fmt: skip
-                if cny is not None:
-                    cur.execute("INSERT INTO feishu_hire_withdrawal_cash VALUES (?, 'CNY', ?)", (order, money(cny)))
-            for order, account, bonus_type, currency, amount in (
-                ("11", A, "points", "", "100"),
-                ("11", A, "cash", "CNY", "0.10"),
-                ("12", B, "cash", "CNY", "123456.78"),
-            ):
-                cur.execute(
-                    "INSERT INTO feishu_hire_payroll VALUES (?, ?, ?, ?, '2026-12-03T09:32:53.473+00:00', ?, ?, "
-                    "'run_1')",
-                    (order, bonus_type, currency, account, money(amount), DAG),
-                )
+        for statement in filter(str.strip, schema.split(";")):
+            ledger_sql(ledger, statement)
+        for order, account, status, run, trans_time, points, cny in rows:
+            ledger_sql(
+                ledger,
+                "INSERT INTO feishu_hire_withdrawal (external_order_id, referral_account_id, withdraw_bonus_type, "
+                "app_id, dag_id, run_id, task_id, map_index, requested_at, status, sends, trans_time, "
+                "point_bonus, updated_at) VALUES (?, ?, '1,2', ?, ?, ?, 'withdraw', -1, ?, ?, 1, ?, ?, ?)",
+                order, account, DEFAULT_APP_ID, DAG, run, "2026-11-30T00:00:00.000+00:00", status, trans_time,
+                points, "2026-11-30T00:00:00.000+00:00",
+            )  # fmt: skip
+            if cny is not None:
+                ledger_sql(ledger, "INSERT INTO feishu_hire_withdrawal_cash VALUES (?, 'CNY', ?)", order, money(cny))
+        for order, account, bonus_type, currency, amount in (
+            ("11", A, "points", "", "100"),
+            ("11", A, "cash", "CNY", "0.10"),
+            ("12", B, "cash", "CNY", "123456.78"),
+        ):
+            ledger_sql(
+                ledger,
+                "INSERT INTO feishu_hire_payroll VALUES (?, ?, ?, ?, ?, ?, ?, 'run_1')",
+                order, bonus_type, currency, account, "2026-12-03T09:32:53.473+00:00", money(amount), DAG,
+            )  # fmt: skip
         ledger.migrate()
         ledger.migrate()  # idempotent
 

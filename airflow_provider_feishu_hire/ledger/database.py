@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import BigInteger, Integer, Table, case, cast, create_engine, event, func, select, type_coerce
@@ -35,7 +34,6 @@ from sqlalchemy.types import NullType
 
 from airflow_provider_feishu_hire.ledger import schema
 from airflow_provider_feishu_hire.ledger.model import LedgerError
-from airflow_provider_feishu_hire.ledger.schema import MONEY_SCALE, tidy_money
 
 # What a DB-API connect function is for, given with it: Ledger(connect, "sqlite").
 DIALECT_URLS = {"sqlite": "sqlite://", "postgresql": "postgresql+psycopg2://", "mysql": "mysql+pymysql://"}
@@ -114,48 +112,6 @@ class Database:
     def _connection(self) -> Any:
         """A new DB-API connection to the ledger's database (the caller closes it)."""
         return self._connect()
-
-    @contextmanager
-    def _transaction(self, *, write: bool = True) -> Iterator[RawCursor]:
-        """A transaction for code that still writes SQL by hand (``?`` placeholders): the console's queries."""
-        with self._begin(write=write) as conn:
-            yield RawCursor(conn)
-
-
-class RawCursor:
-    """Hand-written SQL with ``?`` placeholders on the ledger's connection, whatever the driver's style."""
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-        self._result: CursorResult[Any] | None = None
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        if self._conn.dialect.paramstyle != "qmark":
-            sql = sql.replace("?", "%s")
-        self._result = self._conn.exec_driver_sql(sql, tuple(params))
-
-    def fetchone(self) -> Any:
-        assert self._result is not None
-        found = self._result.fetchone()
-        return None if found is None else _tidy(found)
-
-    def fetchall(self) -> list[Any]:
-        assert self._result is not None
-        return [_tidy(found) for found in self._result.fetchall()]
-
-    @property
-    def rowcount(self) -> int:
-        assert self._result is not None
-        return int(self._result.rowcount)
-
-
-def _tidy(values: Sequence[Any]) -> tuple[Any, ...]:
-    """A row as the typed queries read it: decimals without the zeros a DECIMAL(38, 12) column adds."""
-    return tuple(tidy_money(value) if _fixed_scale(value) else value for value in values)
-
-
-def _fixed_scale(value: Any) -> bool:
-    return isinstance(value, Decimal) and value.as_tuple().exponent == -MONEY_SCALE
 
 
 def insert_new(conn: Connection, table: Table, values: Mapping[str, Any]) -> int:
