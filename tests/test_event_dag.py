@@ -74,6 +74,19 @@ def settled(sandbox: FeishuSandbox, local: LocalAirflow) -> bool:
     )
 
 
+def assert_each_payment_in_one_batch(ledger_db: Path, sandbox: FeishuSandbox) -> None:
+    """The invariant against the sandbox's own ledger: the payroll table and the batches hold each payment once."""
+    with Ledger(lambda: sqlite3.connect(ledger_db, isolation_level=None), "sqlite") as ledger:
+        assert_paid_exactly_once(ledger, sandbox)
+    with sqlite3.connect(ledger_db) as db:
+        table = db.execute(
+            "SELECT referral_account_id, external_order_id, bonus_type, currency, amount FROM feishu_hire_payroll"
+        ).fetchall()
+        members = db.execute("SELECT external_order_id FROM feishu_hire_payroll_batch_member").fetchall()
+    assert Counter(tuple(map(str, row)) for row in table) == sandbox_payroll(sandbox)
+    assert sorted(order for (order,) in members) == sorted(e["external_order_id"] for e in sandbox.state()["ledger"])
+
+
 def test_credits_are_paid_exactly_once_by_events_alone_through_drops_and_repeats(
     sandbox: FeishuSandbox, airflow: LocalAirflow, tmp_path: Path
 ) -> None:
@@ -97,16 +110,7 @@ def test_credits_are_paid_exactly_once_by_events_alone_through_drops_and_repeats
     # Exactly once: what Feishu paid is what the ledger and the payroll say, order by order.
     paid = Counter(e["referral_account_id"] for e in sandbox.state()["ledger"])
     assert paid == {A: 2, B: 2, C: 1, D: 1}
-    with Ledger(lambda: sqlite3.connect(tmp_path / "ledger.db", isolation_level=None), "sqlite") as ledger:
-        assert_paid_exactly_once(ledger, sandbox)
-    with sqlite3.connect(tmp_path / "ledger.db") as db:
-        table = db.execute(
-            "SELECT referral_account_id, external_order_id, bonus_type, currency, amount FROM feishu_hire_payroll"
-        ).fetchall()
-    assert Counter(tuple(map(str, row)) for row in table) == sandbox_payroll(sandbox)
-    with sqlite3.connect(tmp_path / "ledger.db") as db:  # each payment in exactly one payroll batch
-        members = db.execute("SELECT external_order_id FROM feishu_hire_payroll_batch_member").fetchall()
-    assert sorted(order for (order,) in members) == sorted(e["external_order_id"] for e in sandbox.state()["ledger"])
+    assert_each_payment_in_one_batch(tmp_path / "ledger.db", sandbox)
 
     # Nobody triggered anything; every repeat was caught before it became an asset event.
     runs = airflow_db(airflow, "SELECT run_type, state FROM dag_run WHERE dag_id = ?", DAG_ID)
@@ -156,7 +160,7 @@ def test_small_credits_are_paid_at_once_a_large_one_waits_for_a_person_and_the_s
         wait_for(lambda: paid()[A] == 1, "A paid by its event")
 
         sandbox.credit(B, 501)  # one point above the policy: waits for a person
-        waiting = wait_for(lambda: awaiting_a_person(api), "B's run to ask a person")
+        waiting = str(wait_for(lambda: awaiting_a_person(api), "B's run to ask a person"))
         sandbox.credit(C, 3)  # a small credit meanwhile is not held up by B's
         wait_for(lambda: paid()[C] == 1, "C paid while B waits")
         assert B not in paid()

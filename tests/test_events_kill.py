@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -28,11 +27,10 @@ import pytest
 
 pytest.importorskip("airflow.triggers.shared_stream", reason="acknowledging after storage needs Airflow 3.3")
 
-from airflow_provider_feishu_hire.ledger import Ledger
 from airflow_provider_feishu_hire.sandbox import FeishuSandbox
 from airflow_provider_feishu_hire.triggers.events import REJECTED_EVENTS_KEY
-from tests.conftest import LocalAirflow, assert_paid_exactly_once, local_airflow, sandbox_payroll, wait_for
-from tests.test_event_dag import A, B, C, airflow_db, sandbox, settled
+from tests.conftest import LocalAirflow, local_airflow, wait_for
+from tests.test_event_dag import A, B, C, airflow_db, assert_each_payment_in_one_batch, sandbox, settled
 
 # A killed triggerer's unacknowledged events are delivered again once it is back: the sandbox
 # redelivers after 3 s, the trigger dials within ReconnectInterval + ReconnectNonce (1 s each
@@ -149,13 +147,4 @@ def test_credits_are_paid_exactly_once_when_the_triggerer_is_killed_around_ackno
         REJECTED_EVENTS_KEY,
     )
     assert [r["event_id"] for r in json.loads(kept)] == [poison]
-    with Ledger(lambda: sqlite3.connect(tmp_path / "ledger.db", isolation_level=None), "sqlite") as ledger:
-        assert_paid_exactly_once(ledger, sandbox)
-    with sqlite3.connect(tmp_path / "ledger.db") as db:
-        table = db.execute(
-            "SELECT referral_account_id, external_order_id, bonus_type, currency, amount FROM feishu_hire_payroll"
-        ).fetchall()
-    assert Counter(tuple(map(str, row)) for row in table) == sandbox_payroll(sandbox)
-    with sqlite3.connect(tmp_path / "ledger.db") as db:  # each payment in exactly one payroll batch
-        members = db.execute("SELECT external_order_id FROM feishu_hire_payroll_batch_member").fetchall()
-    assert sorted(order for (order,) in members) == sorted(e["external_order_id"] for e in sandbox.state()["ledger"])
+    assert_each_payment_in_one_batch(tmp_path / "ledger.db", sandbox)
